@@ -1,0 +1,42 @@
+# `make demo` and `make test` set everything up on a fresh machine themselves.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+LLMFS  := $(VENV)/bin/llmfs
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := build/demo
+
+.PHONY: demo test bench model clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Compress each bundled sample, decompress it, compare, and print the table.
+demo: $(STAMP)
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	for f in llmfs/samples/*; do \
+	  b=$$(basename $$f); \
+	  $(LLMFS) compress $$f -o $(DEMO)/$$b.llmz && \
+	  $(LLMFS) decompress $(DEMO)/$$b.llmz -o $(DEMO)/$$b && \
+	  cmp $$f $(DEMO)/$$b && echo "round trip OK: $$b" || exit 1; \
+	done
+	$(LLMFS) bench --limit 0 llmfs/samples/*
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Benchmark on ../shared/corpus (first 1 MB of each file); not part of the tests.
+bench: $(STAMP)
+	$(PY) bench/codec.py
+
+# Rebuild the starter model from offline sources (slow on CPU; see MODEL.md).
+model: $(STAMP)
+	$(PY) -m llmfs.model.corpus build/corpus
+	$(PY) -m llmfs.model.train --corpus build/corpus --out build/train
+	$(PY) -m llmfs.model.export_default build/train
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,75 @@
+"""Codec benchmark: bpb and speed of the llm codec against zstd and xz.
+
+Prints one markdown table.  zstd -19 runs per block (the same blocks llm
+sees); xz -9e runs on the whole sample, as the corpus README's baselines do.
+"""
+from __future__ import annotations
+
+import lzma
+import time
+from pathlib import Path
+
+import zstandard
+
+from .codec.frame import Codec, Frame, checksum
+from .codec.llm import LLMCodec
+from .model.modelfile import LanguageModel
+
+FRAME_OVERHEAD = len(Frame(Codec.LLM, 0, bytes(16), b"", bytes(8), 0).pack())
+
+
+def corpus_files() -> list[Path]:
+    here = Path(__file__).resolve().parent.parent
+    for root in (here.parent / "shared" / "corpus", Path.cwd().parent / "shared" / "corpus"):
+        if root.is_dir():
+            return sorted(root.glob("*.xz"))
+    return []
+
+
+def read_sample(path: Path, limit: int) -> bytes:
+    opener = lzma.open if path.suffix == ".xz" else open
+    with opener(path, "rb") as f:
+        return f.read(limit) if limit else f.read()
+
+
+def measure(data: bytes, model: LanguageModel, block_size: int) -> dict:
+    blocks = [data[i:i + block_size] for i in range(0, len(data), block_size)]
+    codec = LLMCodec(model)
+    t = time.perf_counter()
+    encoded = [codec.encode(b) for b in blocks]
+    t_enc = time.perf_counter() - t
+    t = time.perf_counter()
+    tokens = codec.decode_many([(e.payload, e.n_tokens) for e in encoded])
+    t_dec = time.perf_counter() - t
+    if any(model.tokenizer.decode(tk) != b for tk, b in zip(tokens, blocks)):
+        raise RuntimeError("llm round trip failed")
+    zc = zstandard.ZstdCompressor(level=19)
+    llm = [len(e.payload) + FRAME_OVERHEAD for e in encoded]
+    zst = [len(zc.compress(b)) + FRAME_OVERHEAD for b in blocks]
+    best = [min(a, b, len(raw) + FRAME_OVERHEAD) for a, b, raw in zip(llm, zst, blocks)]
+    n = len(data)
+    return {
+        "bytes": n, "tokens": sum(e.n_tokens for e in encoded),
+        "llm": 8 * sum(llm) / n, "best": 8 * sum(best) / n, "zstd": 8 * sum(zst) / n,
+        "xz": 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / n,
+        "enc": n / t_enc / 1e3, "dec": n / t_dec / 1e3,
+        "digest_ok": checksum(data) == checksum(b"".join(blocks)),
+    }
+
+
+def run(paths: list[Path], model: LanguageModel, limit: int, block_size: int) -> list[dict]:
+    kb = block_size // 1024
+    print(f"model {model.id.hex()[:16]}  d={model.cfg.d_model} L={model.cfg.n_layer} "
+          f"V={model.cfg.vocab} window={model.cfg.window}; blocks {kb} KiB; "
+          f"sample {'whole file' if not limit else f'first {limit} bytes'}")
+    print(f"| file | bytes | llm bpb | llmfs bpb (best of llm/zstd/raw) | zstd-19 {kb}K bpb "
+          f"| xz -9e whole bpb | llm encode KB/s | llm batched decode KB/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for p in paths:
+        r = measure(read_sample(p, limit), model, block_size)
+        r["file"] = p.name.removesuffix(".xz")
+        rows.append(r)
+        print(f"| {r['file']} | {r['bytes']} | {r['llm']:.3f} | {r['best']:.3f} | {r['zstd']:.3f} "
+              f"| {r['xz']:.3f} | {r['enc']:.1f} | {r['dec']:.1f} |", flush=True)
+    return rows

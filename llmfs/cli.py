@@ -1,0 +1,164 @@
+"""``llmfs`` command line: compress, decompress, bench."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import click
+
+from .codec.container import ContainerError, compress_stream, decompress_stream, read_header
+from .codec.policy import BlockCodec, Policy
+
+DEFAULT_BLOCK = 64 * 1024
+
+
+def _load_models(paths: tuple[str, ...], device: str):
+    from .model.modelfile import DEFAULT_MODEL, LanguageModel
+
+    try:
+        return [LanguageModel.load(p, device) for p in (paths or (DEFAULT_MODEL,))]
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot load model: {e}") from None
+
+
+@contextlib.contextmanager
+def _open_in(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise click.ClickException(f"{path}: {e.strerror}") from None
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def _open_out(path: str) -> Iterator[BinaryIO]:
+    """Write to a temporary name and rename on success: no half-written outputs."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    tmp = Path(path + ".part")
+    try:
+        f = open(tmp, "wb")
+    except OSError as e:
+        raise click.ClickException(f"{path}: {e.strerror}") from None
+    try:
+        with f:
+            yield f
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _progress(total: int | None, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False,
+                disable=not sys.stderr.isatty())
+
+
+def _size(path: str) -> int | None:
+    try:
+        return None if path == "-" else Path(path).stat().st_size
+    except OSError:
+        return None
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log codec events.")
+@click.option("--threads", type=int, default=None, help="Torch threads (default: all cores).")
+def main(verbose: bool, threads: int | None) -> None:
+    """llmfs: LLM-compressed storage."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="llmfs: %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+model_opt = click.option("--model", "models", multiple=True, type=click.Path(),
+                         help="Model file (default: the shipped default model).")
+device_opt = click.option("--device", default="cpu", show_default=True,
+                          help="cpu or cuda (same bits either way).")
+
+
+@main.command()
+@click.argument("file")
+@click.option("-o", "--output", help="Output path (default FILE.llmz; - for stdout).")
+@click.option("--block-size", type=click.IntRange(1024, 1 << 24), default=DEFAULT_BLOCK,
+              show_default=True)
+@click.option("--no-llm", is_flag=True, help="zstd/raw only.")
+@model_opt
+@device_opt
+def compress(file: str, output: str | None, block_size: int, no_llm: bool,
+             models: tuple[str, ...], device: str) -> None:
+    """Compress FILE (- for stdin) into an llmz container."""
+    out = output or ("-" if file == "-" else file + ".llmz")
+    with _open_in(file) as src:
+        model = None if no_llm else _load_models(models, device)[0]
+        codec = BlockCodec(model, Policy(use_llm=not no_llm))
+        with _open_out(out) as dst, _progress(_size(file), "compress") as bar:
+            total, written = compress_stream(src, dst, codec, block_size, progress=bar.update)
+    c = codec.counters
+    click.echo(f"{file}: {total} -> {written} bytes ({8 * written / max(total, 1):.3f} bpb); "
+               f"blocks llm {c['blocks_llm']} zstd {c['blocks_zstd']} raw {c['blocks_raw']}"
+               + (f"; {c['verify_failures']} llm verify failures" if c["verify_failures"] else ""),
+               err=True)
+
+
+@main.command()
+@click.argument("file")
+@click.option("-o", "--output", help="Output path (default FILE without .llmz; - for stdout).")
+@model_opt
+@device_opt
+def decompress(file: str, output: str | None, models: tuple[str, ...], device: str) -> None:
+    """Decompress an llmz container."""
+    if output is None:
+        if file == "-":
+            output = "-"
+        elif file.endswith(".llmz"):
+            output = file[:-5]
+        else:
+            raise click.ClickException(f"{file}: no .llmz suffix; name the output with -o")
+    with _open_in(file) as src:
+        try:
+            block_size, model_id = read_header(src)
+            loaded = [] if model_id == bytes(32) else _load_models(models, device)
+            model = next((m for m in loaded if m.id == model_id), None)
+            if model_id != bytes(32) and model is None:
+                raise click.ClickException(
+                    f"{file}: unknown model id {model_id.hex()}; pass its file with --model")
+            codec = BlockCodec(model)
+            with _open_out(output) as dst, _progress(None, "decompress") as bar:
+                decompress_stream(src, dst, codec, block_size, progress=bar.update)
+        except ContainerError as e:
+            raise click.ClickException(f"{file}: {e}") from None
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option("--limit", type=int, default=1 << 20, show_default=True,
+              help="Bytes of each file to use (0: whole files).")
+@click.option("--block-size", type=int, default=DEFAULT_BLOCK, show_default=True)
+@model_opt
+def bench(files: tuple[str, ...], limit: int, block_size: int, models: tuple[str, ...]) -> None:
+    """Ratio and speed table: llm vs zstd -19 (per block) vs xz -9e (whole file)."""
+    from .bench import corpus_files, run
+
+    model = _load_models(models, "cpu")[0]
+    paths = [Path(f) for f in files] or corpus_files()
+    if not paths:
+        raise click.ClickException("no files given and ../shared/corpus not found")
+    run(paths, model, limit, block_size)
+
+
+if __name__ == "__main__":
+    main()

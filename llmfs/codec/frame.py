@@ -1,0 +1,83 @@
+"""Block frames: the self-describing value stored for every block.
+
+Layout (little endian)::
+
+    magic "LB" | version u8 | codec u8 | raw_len u32 | xxh3-128(raw) 16 bytes
+    | codec extension (llm: model id 8 bytes, token count u32)
+    | xxh32 of everything before it, 4 bytes | payload
+
+The header checksum turns any damaged header field into a clean error before
+decoding starts; the checksum of the raw bytes is re-checked after every
+decode, so a decoding mismatch or bit rot is an error, never wrong bytes.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+import xxhash
+
+MAGIC = b"LB"
+VERSION = 1
+MAX_BLOCK = 1 << 26  # 64 MiB: larger raw lengths are treated as damage
+_FIXED = struct.Struct("<2sBBI16s")
+_LLM_EXT = struct.Struct("<8sI")
+_CRC = struct.Struct("<I")
+
+
+class Codec(IntEnum):
+    RAW = 0
+    ZSTD = 1
+    LLM = 2
+
+
+class FrameError(ValueError):
+    """A frame that cannot be decoded to its original bytes."""
+
+
+def checksum(data: bytes) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+@dataclass(frozen=True)
+class Frame:
+    codec: Codec
+    raw_len: int
+    digest: bytes
+    payload: bytes
+    model: bytes = b""   # llm only: short model id
+    n_tokens: int = 0    # llm only
+
+    def pack(self) -> bytes:
+        head = _FIXED.pack(MAGIC, VERSION, self.codec, self.raw_len, self.digest)
+        if self.codec == Codec.LLM:
+            head += _LLM_EXT.pack(self.model, self.n_tokens)
+        return head + _CRC.pack(xxhash.xxh32_intdigest(head)) + self.payload
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Frame":
+        data = bytes(data)
+        if len(data) < _FIXED.size + _CRC.size:
+            raise FrameError("frame truncated")
+        magic, version, codec, raw_len, digest = _FIXED.unpack_from(data)
+        if magic != MAGIC:
+            raise FrameError("not a block frame (bad magic)")
+        if version != VERSION:
+            raise FrameError(f"unsupported frame version {version} (this llmfs reads {VERSION})")
+        try:
+            codec = Codec(codec)
+        except ValueError:
+            raise FrameError(f"unknown codec id {codec}") from None
+        pos, model, n_tokens = _FIXED.size, b"", 0
+        if codec == Codec.LLM:
+            if len(data) < pos + _LLM_EXT.size + _CRC.size:
+                raise FrameError("frame truncated")
+            model, n_tokens = _LLM_EXT.unpack_from(data, pos)
+            pos += _LLM_EXT.size
+        (crc,) = _CRC.unpack_from(data, pos)
+        if crc != xxhash.xxh32_intdigest(data[:pos]):
+            raise FrameError("frame header checksum mismatch")
+        if raw_len > MAX_BLOCK or n_tokens > raw_len:
+            raise FrameError("implausible frame header")
+        return cls(codec, raw_len, digest, data[pos + _CRC.size:], model, n_tokens)

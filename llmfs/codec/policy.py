@@ -1,0 +1,164 @@
+"""Codec policy and the batch API: ``encode_blocks`` / ``decode_blocks``.
+
+Every block is stored with the smallest frame that decoded back to the same
+bytes: raw (nothing shrinks it), zstd, or llm.  A zstd level-1 probe runs
+first (as ZFS's early abort does) so incompressible data never reaches the
+model; the model gives up after its first chunk if it is already worse than
+zstd.  An llm frame is kept only after the real batched decoder reproduced
+the block; every failure is counted.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import zstandard
+
+from ..model.modelfile import LanguageModel
+from .frame import Codec, Frame, FrameError, checksum
+from .llm import LLMCodec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Policy:
+    zstd_level: int = 19        # level of the zstd frame kept as fallback
+    use_llm: bool = True
+    probe_ratio: float = 0.97   # zstd-1 output above this fraction -> incompressible, no llm
+    min_llm_bytes: int = 64     # tiny blocks are not worth a model call
+    verify: bool = True         # decode llm frames before keeping them
+
+
+class BlockCodec:
+    """Encodes and decodes block frames; holds the models it may use."""
+
+    def __init__(self, model: LanguageModel | None = None, policy: Policy = Policy(),
+                 extra_models: tuple[LanguageModel, ...] = ()) -> None:
+        self.policy = policy
+        self.model = model
+        self.llm: dict[bytes, LLMCodec] = {}
+        for m in (model, *extra_models):
+            if m is not None:
+                self.llm[m.short_id] = LLMCodec(m)
+        self.counters: Counter[str] = Counter()
+
+    # -- encoding --------------------------------------------------------
+    def encode_blocks(self, blocks: list[bytes]) -> list[bytes]:
+        """Frames for *blocks*, each the smallest verified encoding."""
+        frames: list[Frame] = []
+        llm_todo: list[int] = []
+        probe = zstandard.ZstdCompressor(level=1)
+        full = zstandard.ZstdCompressor(level=self.policy.zstd_level)
+        for i, raw in enumerate(blocks):
+            digest = checksum(raw)
+            best = Frame(Codec.RAW, len(raw), digest, raw)
+            if len(raw) and len(probe.compress(raw)) < self.policy.probe_ratio * len(raw):
+                z = full.compress(raw)
+                if len(z) < len(raw):
+                    best = Frame(Codec.ZSTD, len(raw), digest, z)
+                if self.policy.use_llm and self.model is not None \
+                        and len(raw) >= self.policy.min_llm_bytes:
+                    llm_todo.append(i)
+            else:
+                self.counters["probe_incompressible"] += 1
+            frames.append(best)
+        if llm_todo:
+            self._try_llm(blocks, frames, llm_todo)
+        for f in frames:
+            self.counters[f"blocks_{f.codec.name.lower()}"] += 1
+        return [f.pack() for f in frames]
+
+    def _try_llm(self, blocks: list[bytes], frames: list[Frame], todo: list[int]) -> None:
+        codec = self.llm[self.model.short_id]
+        cands: dict[int, Frame] = {}
+        for i in todo:
+            best = frames[i]
+            # give up early when the model is already worse than the frame we hold
+            enc = codec.encode(blocks[i], abort_bpb=8.0 * len(best.payload) / len(blocks[i]))
+            if enc is None:
+                self.counters["llm_aborted"] += 1
+                continue
+            if len(enc.payload) + 12 < len(best.payload):
+                cands[i] = Frame(Codec.LLM, len(blocks[i]), best.digest, enc.payload,
+                                 self.model.short_id, enc.n_tokens)
+            else:
+                self.counters["llm_not_smaller"] += 1
+        if not cands:
+            return
+        order = list(cands)
+        if self.policy.verify:
+            decoded = self._decode_llm([cands[i] for i in order])
+        else:
+            decoded = [blocks[i] for i in order]
+        for i, got in zip(order, decoded):
+            if got == blocks[i]:
+                frames[i] = cands[i]
+            else:
+                self.counters["verify_failures"] += 1
+                log.error("llm frame of block %d did not decode back; kept %s",
+                          i, frames[i].codec.name)
+
+    # -- decoding --------------------------------------------------------
+    def decode_blocks(self, frames: list[bytes]) -> list[bytes]:
+        """Original bytes of each frame; raises FrameError on the first damaged one."""
+        out = self.decode_each(frames)
+        for i, r in enumerate(out):
+            if isinstance(r, FrameError):
+                raise FrameError(f"block {i}: {r}")
+        return out  # type: ignore[return-value]
+
+    def decode_each(self, frames: list[bytes]) -> list[bytes | FrameError]:
+        """Like decode_blocks, but a damaged frame yields its FrameError in place,
+        so one bad block never hides the others."""
+        out: list[bytes | FrameError | None] = [None] * len(frames)
+        parsed: dict[int, Frame] = {}
+        for i, raw in enumerate(frames):
+            try:
+                parsed[i] = Frame.unpack(raw)
+            except FrameError as e:
+                out[i] = e
+        llm_idx = []
+        for i, f in parsed.items():
+            if f.codec == Codec.RAW:
+                out[i] = f.payload
+            elif f.codec == Codec.ZSTD:
+                out[i] = self._unzstd(f)
+            elif f.model not in self.llm:
+                out[i] = FrameError(f"block needs unknown model {f.model.hex()}; "
+                                    "load it with --model or add it to the store")
+            else:
+                llm_idx.append(i)
+        for i, data in zip(llm_idx, self._decode_llm([parsed[i] for i in llm_idx])):
+            out[i] = data
+        for i, f in parsed.items():
+            data = out[i]
+            if isinstance(data, FrameError):
+                continue
+            if data is None or len(data) != f.raw_len or checksum(data) != f.digest:
+                self.counters["checksum_errors"] += 1
+                out[i] = FrameError("checksum mismatch: decoded bytes differ from the original")
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _unzstd(f: Frame) -> bytes | None:
+        try:  # a damaged size field must not make zstd allocate it
+            if zstandard.frame_content_size(f.payload) != f.raw_len:
+                return None
+            return zstandard.ZstdDecompressor().decompress(f.payload, max_output_size=f.raw_len)
+        except zstandard.ZstdError:
+            return None
+
+    def _decode_llm(self, frames: list[Frame]) -> list[bytes | None]:
+        """Decode llm frames, batched per model; None where the coder rejects one."""
+        out: list[bytes | None] = [None] * len(frames)
+        by_model: dict[bytes, list[int]] = {}
+        for i, f in enumerate(frames):
+            by_model.setdefault(f.model, []).append(i)
+        for mid, idx in by_model.items():
+            codec = self.llm[mid]
+            toks = codec.decode_many([(frames[i].payload, frames[i].n_tokens) for i in idx])
+            for i, t in zip(idx, toks):
+                out[i] = None if t is None else codec.model.tokenizer.decode(t)
+        return out

@@ -1,0 +1,249 @@
+"""Integer-exact inference: next-token frequency tables that are bit-identical
+on every machine, batch size, thread count and chunking.
+
+Float inference differs between batch sizes, threads, KV-cache vs full
+evaluation and CPU vs GPU; arithmetic decoding breaks on the first differing
+probability.  Here every value is an integer:
+
+* weights are int8 with per-output-channel scales folded into integer
+  requantisation multipliers (``acc * M >> SHIFT``);
+* activations are int8 (per-channel static scales fixed in the model file);
+* the residual stream is int64 fixed point (``FX`` fractional bits);
+* matmuls run in float32 only where every partial sum stays below 2**24
+  (int8 x int8 with inner dimension <= 1024, checked at load) and in
+  float64 where sums reach 2**53 at most; such sums are exact in any order;
+* RMSNorm uses an exact integer square root, GELU and exp are lookup tables
+  stored in the model file, divisions are integer floor divisions.
+
+``Engine.step`` advances a batch of sequences by ``n`` tokens and returns the
+integer frequency table for each new position.  Encoding calls it with long
+chunks (parallel over the window), decoding with ``n == 1`` (KV cache); both
+give the same tables because each position sees exactly the same integers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .net import Config, alibi_slope_exponents
+
+SHIFT = 24           # requantisation multipliers are fixed point with 24 fractional bits
+FX = 10              # residual stream: value = x / 2**FX
+NORM_R = 6           # extra bits of the RMS in RMSNorm
+NORM_CB = 16         # fractional bits of the RMSNorm per-channel gains
+ZA = 64              # attention logits are in units of 1/ZA nat
+ZV = 256             # vocabulary logits are in units of 1/ZV nat
+FREQ_BITS = 24       # the range coder's total frequency is 2**FREQ_BITS
+EXACT_F32_K = 1024   # int8 x int8 sums over K <= 1024 stay below 2**24
+
+
+def exact_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for int8-valued float32 operands, exact: inner dim split at 1024."""
+    k = a.shape[-1]
+    if k <= EXACT_F32_K:
+        return (a @ b).to(torch.int64)
+    out = None
+    for i in range(0, k, EXACT_F32_K):
+        part = (a[..., i:i + EXACT_F32_K] @ b[..., i:i + EXACT_F32_K, :]).to(torch.int64)
+        out = part if out is None else out + part
+    return out
+
+
+def requant(acc: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
+    """round(acc * mult / 2**SHIFT) in int64 (round half up)."""
+    return (acc * mult + (1 << (SHIFT - 1))) >> SHIFT
+
+
+def clamp8(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp_(-127, 127)
+
+
+def round_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """round(num / den) for int64 tensors with den > 0 (half up)."""
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+
+
+def isqrt(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) for int64 n in [0, 2**52): float estimate, then exact fix-up."""
+    r = torch.sqrt(n.to(torch.float64)).to(torch.int64)
+    r = r - (r * r > n).to(torch.int64)
+    return r + ((r + 1) * (r + 1) <= n).to(torch.int64)
+
+
+@dataclass
+class LayerW:
+    norm1: torch.Tensor    # [d] int64 RMSNorm gains (NORM_CB fractional bits)
+    wqkv: torch.Tensor     # [d, 3d] float32 holding int8 (transposed for x @ w)
+    qkv_m: torch.Tensor    # [3d] requant multipliers to int8 q/k/v
+    score_m: torch.Tensor  # [H, 1, 1] multiplier: q.k -> logit units (1/ZA nat)
+    wo: torch.Tensor       # [d, d]
+    wo_m: torch.Tensor     # [d] -> residual units
+    norm2: torch.Tensor
+    w1: torch.Tensor       # [d, ff]
+    w1_m: torch.Tensor     # [ff] -> GELU table index
+    gelu: torch.Tensor     # [ff * (2N+1)] int64 GELU table, per channel, int8 values
+    gelu_n: int
+    w2: torch.Tensor       # [ff, d]
+    w2_m: torch.Tensor     # [d] -> residual units
+
+
+@dataclass
+class KVCache:
+    """Keys/values of the last ``window`` positions of each layer (int8 values)."""
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+    fill: int = 0
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows *rows* (sequences that are still decoding)."""
+        self.k = [t.index_select(0, rows.to(t.device)) for t in self.k]
+        self.v = [t.index_select(0, rows.to(t.device)) for t in self.v]
+
+
+class Engine:
+    """Exact integer forward pass of a quantised model (see ``export.py``)."""
+
+    def __init__(self, cfg: Config, tensors: dict[str, torch.Tensor],
+                 device: str | torch.device = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        torch.set_float32_matmul_precision("highest")  # no bf16/TF32 shortcuts
+        if self.device.type == "cuda":  # TF32 would round the exact products
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        if max(cfg.d_model, cfg.head_dim) > EXACT_F32_K:
+            raise ValueError("d_model above the exact float32 limit")
+        dev = self.device
+
+        def t(name: str, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+            return tensors[name].to(dev, dtype)
+
+        def w(name: str) -> torch.Tensor:
+            q = tensors[name]
+            if q.dtype != torch.int8:
+                raise ValueError(f"{name} must be int8")
+            return q.to(dev, torch.float32).T.contiguous()
+
+        self.emb = t("emb")                   # [V, d] residual fixed point
+        self.head = w("head")                 # [d, V]
+        self.head_m = t("head_m")             # [V] -> logit units 1/ZV nat
+        self.norm_f = t("norm_f")
+        self.exp_attn = t("exp_attn")         # exp(-i/ZA) * 2**16
+        self.exp_vocab = t("exp_vocab")       # exp(-i/ZV) * 2**24
+        H = cfg.n_head
+        self.layers: list[LayerW] = []
+        for i in range(cfg.n_layer):
+            p = f"layers.{i}."
+            gelu = t(p + "gelu")
+            self.layers.append(LayerW(
+                norm1=t(p + "norm1"), wqkv=w(p + "wqkv"), qkv_m=t(p + "qkv_m"),
+                score_m=t(p + "score_m").view(H, 1, 1), wo=w(p + "wo"), wo_m=t(p + "wo_m"),
+                norm2=t(p + "norm2"), w1=w(p + "w1"), w1_m=t(p + "w1_m"),
+                gelu=gelu.flatten(), gelu_n=(gelu.shape[1] - 1) // 2,
+                w2=w(p + "w2"), w2_m=t(p + "w2_m")))
+        # ALiBi bias by distance: round(d * ZA / 2**e_h), exact in integers.
+        dist = torch.arange(cfg.window, dtype=torch.int64)
+        self.alibi = torch.stack([(dist * ZA + (1 << (e - 1))) >> e
+                                  for e in alibi_slope_exponents(H)]).to(dev)  # [H, W]
+        self.total = (1 << FREQ_BITS) - cfg.vocab  # constriction adds 1 to every symbol
+        self.ff_base = (torch.arange(cfg.d_ff, device=dev) * (2 * self.layers[0].gelu_n + 1)
+                        if self.layers else None)
+
+    # -- building blocks -------------------------------------------------
+    def _norm(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """Integer RMSNorm of residual x (int64) -> int8-valued float32."""
+        d = x.shape[-1]
+        ss = (x * x).sum(-1, keepdim=True)
+        eps = int(self.cfg.norm_eps * (1 << (2 * (FX + NORM_R))))
+        r = isqrt(torch.div(ss << (2 * NORM_R), d, rounding_mode="floor") + eps)
+        y = round_div((x * gain) << NORM_R, r << NORM_CB)
+        return clamp8(y).to(torch.float32)
+
+    def _attention(self, lw: LayerW, y: torch.Tensor, cache: KVCache, li: int) -> torch.Tensor:
+        cfg = self.cfg
+        B, n, d = y.shape
+        H, hd, W = cfg.n_head, cfg.head_dim, cfg.window
+        qkv = clamp8(requant(exact_mm(y, lw.wqkv), lw.qkv_m)).to(torch.float32)
+        q, k, v = qkv.view(B, n, 3, H, hd).permute(2, 0, 3, 1, 4)  # each [B, H, n, hd]
+        if li == len(cache.k):
+            cap = W + max(n, 64)
+            cache.k.append(torch.zeros(B, H, cap, hd, device=y.device))
+            cache.v.append(torch.zeros(B, H, cap, hd, device=y.device))
+        ck, cv = cache.k[li], cache.v[li]
+        fill = cache.fill
+        ck[:, :, fill:fill + n] = k
+        cv[:, :, fill:fill + n] = v
+        start = max(0, fill - W + 1)
+        keys, vals = ck[:, :, start:fill + n], cv[:, :, start:fill + n]
+        # distance of each key from each query; allowed when 0 <= dist < W
+        qpos = torch.arange(fill, fill + n, device=y.device)[:, None]
+        kpos = torch.arange(start, fill + n, device=y.device)[None, :]
+        dist = qpos - kpos
+        allowed = (dist >= 0) & (dist < W)
+        bias = self.alibi[:, dist.clamp(0, W - 1)]                      # [H, n, k]
+        dots = (q @ keys.transpose(-1, -2)).to(torch.int64)             # exact: |.| < 2**20
+        z = requant(dots, lw.score_m) - bias
+        z = z.masked_fill(~allowed, -(1 << 40))
+        zmax = z.amax(-1, keepdim=True)
+        e = self.exp_attn[(zmax - z).clamp_(max=self.exp_attn.numel() - 1)]
+        s = e.sum(-1, keepdim=True)                                     # >= 2**16
+        num = (e.to(torch.float64) @ vals.to(torch.float64)).to(torch.int64)  # < 2**53
+        o = round_div(num, s)                                           # in v's scale
+        return o.transpose(1, 2).reshape(B, n, d).to(torch.float32)
+
+    def _mlp(self, lw: LayerW, y: torch.Tensor) -> torch.Tensor:
+        n = lw.gelu_n
+        idx = requant(exact_mm(y, lw.w1), lw.w1_m).clamp_(-n, n) + n
+        h = lw.gelu[idx + self.ff_base].to(torch.float32)
+        return requant(exact_mm(h, lw.w2), lw.w2_m)
+
+    # -- public API ------------------------------------------------------
+    def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Advance a batch by ``n`` tokens; returns int64 logits [B, n, V] in units 1/ZV nat.
+
+        Logits at position t predict token t+1.  ``tokens`` is [B, n].
+        """
+        cfg = self.cfg
+        B, n = tokens.shape
+        if cache.fill + n > (cache.k[0].shape[2] if cache.k else cfg.window + max(n, 64)):
+            self._compact(cache, n)
+        x = self.emb[tokens.to(self.device)]                            # [B, n, d] int64
+        for li, lw in enumerate(self.layers):
+            x = x + requant(exact_mm(self._attention(lw, self._norm(x, lw.norm1), cache, li),
+                                     lw.wo), lw.wo_m)
+            x = x + self._mlp(lw, self._norm(x, lw.norm2))
+        cache.fill += n
+        y = self._norm(x, self.norm_f)
+        return requant(exact_mm(y, self.head), self.head_m)
+
+    def _compact(self, cache: KVCache, n: int) -> None:
+        """Drop keys older than the window so ``n`` more positions fit."""
+        W = self.cfg.window
+        keep = min(cache.fill, W)
+        need = keep + n
+        for lst in (cache.k, cache.v):
+            for i, t in enumerate(lst):
+                if t.shape[2] < need:
+                    new = torch.zeros(t.shape[0], t.shape[1], W + max(n, 64), t.shape[3],
+                                      device=t.device)
+                else:
+                    new = t
+                new[:, :, :keep] = t[:, :, cache.fill - keep:cache.fill].clone()
+                lst[i] = new
+        cache.fill = keep
+
+    def freqs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Integer frequencies (each row sums to 2**24 - V) from integer logits.
+
+        The range coder adds one to every symbol, so no symbol is impossible
+        and the total is exactly 2**24.  The rounding remainder goes to the
+        first most likely symbol.
+        """
+        zmax = logits.amax(-1, keepdim=True)
+        e = self.exp_vocab[(zmax - logits).clamp_(max=self.exp_vocab.numel() - 1)]
+        f = torch.div(e * self.total, e.sum(-1, keepdim=True), rounding_mode="floor")
+        rem = self.total - f.sum(-1, keepdim=True)
+        ids = torch.arange(logits.shape[-1], device=logits.device)
+        first = torch.where(logits == zmax, ids, logits.shape[-1]).amin(-1, keepdim=True)
+        return f.scatter_add_(-1, first, rem)

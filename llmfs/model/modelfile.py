@@ -1,0 +1,68 @@
+"""Model files: one safetensors file holding integer tensors, the config and
+the tokenizer, identified by the BLAKE2b-256 hash of its bytes.
+
+A model is data: an archive stores the file itself, so blocks stay readable
+without the source tree.  Frames record the first 8 bytes of the id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load, save
+
+from .engine import Engine
+from .net import Config
+from .tokenizer import ByteTokenizer
+
+FORMAT = "llmfs-int-1"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "model.safetensors"
+
+
+def model_id(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def save_model(path: Path, cfg: Config, tok: ByteTokenizer, tensors: dict[str, torch.Tensor],
+               notes: dict) -> str:
+    """Write the model file; returns its id as hex."""
+    meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "tokenizer": tok.to_str(), "notes": json.dumps(notes, sort_keys=True)}
+    data = save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return model_id(data).hex()
+
+
+@dataclass
+class LanguageModel:
+    """A loaded model: tokenizer + exact engine + identity."""
+    id: bytes          # 32-byte content hash
+    cfg: Config
+    tokenizer: ByteTokenizer
+    engine: Engine
+    notes: dict
+
+    @property
+    def short_id(self) -> bytes:
+        return self.id[:8]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, device: str = "cpu") -> "LanguageModel":
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + header_len]).get("__metadata__", {})
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"not an llmfs model file (format {meta.get('format')!r})")
+        cfg = Config(**json.loads(meta["config"]))
+        tok = ByteTokenizer.from_str(meta["tokenizer"])
+        if tok.vocab_size != cfg.vocab:
+            raise ValueError("tokenizer and model disagree on the vocabulary size")
+        engine = Engine(cfg, load(data), device)
+        return cls(model_id(data), cfg, tok, engine, json.loads(meta.get("notes", "{}")))
+
+    @classmethod
+    def load(cls, path: Path | str = DEFAULT_MODEL, device: str = "cpu") -> "LanguageModel":
+        return cls.from_bytes(Path(path).read_bytes(), device)

@@ -1,0 +1,118 @@
+"""Train the float model on a token stream (CPU by default, CUDA when present).
+
+Reproduces the shipped starter model: ``python -m llmfs.model.train``
+(see ``llmfs/models/default/MODEL.md`` for the exact command).  Checkpoints
+are float safetensors; ``export.py`` turns one into the integer model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from .net import Config, Transformer
+from .tokenizer import ByteTokenizer, train as train_tokenizer
+
+
+def tokenize_file(tok: ByteTokenizer, path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    step = 1 << 16
+    parts = tok.encode_batch([data[i:i + step] for i in range(0, len(data), step)])
+    return np.concatenate(parts).astype(np.uint16)
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, ids: np.ndarray, seq: int, n_bytes: int) -> float:
+    """Bits per byte of *ids* (which decode to *n_bytes* bytes), in windows of *seq*."""
+    model.eval()
+    total = 0.0
+    n = (len(ids) - 1) // seq
+    x = torch.from_numpy(ids[: n * seq + 1].astype(np.int64))
+    for i in range(0, n, 16):
+        rows = range(i, min(n, i + 16))
+        inp = torch.stack([x[r * seq:(r + 1) * seq] for r in rows])
+        tgt = torch.stack([x[r * seq + 1:(r + 1) * seq + 1] for r in rows])
+        total += F.cross_entropy(model(inp).flatten(0, 1), tgt.flatten(), reduction="sum").item()
+    model.train()
+    return total / math.log(2) / (n_bytes * (n * seq) / len(ids))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--corpus", type=Path, default=Path("build/corpus"))
+    ap.add_argument("--out", type=Path, default=Path("build/train"))
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--d-ff", type=int, default=512)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok_path = args.out / "tokenizer.json"
+    if tok_path.exists():
+        tok = ByteTokenizer.load(tok_path)
+    else:
+        tok = train_tokenizer([args.corpus / "train.txt"], args.vocab)
+        tok_path.write_text(tok.to_str())
+    ids_path = args.out / "train_ids.npy"
+    if not ids_path.exists():
+        np.save(ids_path, tokenize_file(tok, args.corpus / "train.txt"))
+    ids = np.load(ids_path)
+    held_bytes = (args.corpus / "heldout.txt").read_bytes()
+    held = tok.encode(held_bytes)
+    print(f"train tokens {len(ids):,}  held-out {len(held):,}", flush=True)
+
+    cfg = Config(vocab=tok.vocab_size, d_model=args.d_model, n_layer=args.layers,
+                 n_head=args.heads, d_ff=args.d_ff, window=args.window)
+    model = Transformer(cfg).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": other, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    seq = cfg.window
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        warm = min(1.0, step / 200)
+        lr = args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = rng.integers(0, len(ids) - seq - 1, args.batch)
+        chunk = np.stack([ids[s:s + seq + 1] for s in starts]).astype(np.int64)
+        x = torch.from_numpy(chunk).to(dev)
+        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == args.steps:
+            el = time.time() - t0
+            print(f"step {step} loss {loss.item():.3f} lr {lr:.2e} "
+                  f"{step * args.batch * seq / el:,.0f} tok/s {el:.0f}s", flush=True)
+        if step % 1000 == 0 or step == args.steps:
+            bpb = evaluate(model, held, seq, len(held_bytes))
+            print(f"step {step} held-out bpb {bpb:.4f}", flush=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(args.out / "float.safetensors"))
+            (args.out / "config.json").write_text(json.dumps(
+                {**cfg.to_dict(), "step": step, "heldout_bpb": bpb}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

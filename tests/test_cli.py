@@ -1,0 +1,115 @@
+"""llmfs compress / decompress: round trips and clear errors with non-zero exits."""
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import TEXT
+from llmfs.cli import main
+
+DATA = TEXT * 300 + os.urandom(5000) + bytes(9000) + TEXT * 50
+
+
+@pytest.fixture()
+def run():
+    runner = CliRunner()
+
+    def _run(*args, input=None):
+        return runner.invoke(main, list(args), input=input, catch_exceptions=False)
+    return _run
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    src = tmp_path_factory.mktemp("packed") / "data.bin"
+    src.write_bytes(DATA)
+    r = CliRunner().invoke(main, ["compress", str(src), "--block-size", "16384"])
+    assert r.exit_code == 0, r.output
+    return src, src.with_name("data.bin.llmz")
+
+
+def test_round_trip_file(packed, run, tmp_path):
+    src, llmz = packed
+    assert llmz.stat().st_size < len(DATA) / 2
+    out = tmp_path / "back.bin"
+    r = run("decompress", str(llmz), "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == DATA
+
+
+def test_round_trip_stdin_stdout(tmp_path):
+    """Through real pipes, with the installed console script's module."""
+    cmd = [sys.executable, "-m", "llmfs.cli"]
+    z = subprocess.run(cmd + ["compress", "-"], input=DATA[:30000], capture_output=True, check=True)
+    back = subprocess.run(cmd + ["decompress", "-"], input=z.stdout, capture_output=True, check=True)
+    assert back.stdout == DATA[:30000]
+
+
+@pytest.mark.parametrize("content", [b"", b"x", TEXT])
+def test_small_inputs(tmp_path, run, content):
+    src = tmp_path / "s"
+    src.write_bytes(content)
+    assert run("compress", str(src)).exit_code == 0
+    assert run("decompress", str(tmp_path / "s.llmz"), "-o", str(tmp_path / "o")).exit_code == 0
+    assert (tmp_path / "o").read_bytes() == content
+
+
+def test_missing_file(run, tmp_path):
+    r = run("compress", str(tmp_path / "nope"))
+    assert r.exit_code == 1 and "No such file" in r.output
+    r = run("decompress", str(tmp_path / "nope.llmz"))
+    assert r.exit_code == 1 and "No such file" in r.output
+
+
+def test_not_llmz(run, tmp_path):
+    p = tmp_path / "plain.llmz"
+    p.write_bytes(b"hello world, not compressed")
+    r = run("decompress", str(p), "-o", str(tmp_path / "o"))
+    assert r.exit_code == 1 and "not an llmz file" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated(packed, run, tmp_path):
+    _, llmz = packed
+    data = llmz.read_bytes()
+    for cut in (10, 50, len(data) // 2, len(data) - 1):
+        p = tmp_path / "cut.llmz"
+        p.write_bytes(data[:cut])
+        r = run("decompress", str(p), "-o", str(tmp_path / "o"))
+        assert r.exit_code == 1 and "truncated" in r.output, (cut, r.output)
+        assert not (tmp_path / "o").exists()  # no half-written output
+
+
+def test_corrupted(packed, run, tmp_path):
+    _, llmz = packed
+    data = bytearray(llmz.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    p = tmp_path / "bad.llmz"
+    p.write_bytes(bytes(data))
+    r = run("decompress", str(p), "-o", str(tmp_path / "o"))
+    assert r.exit_code == 1 and "corrupted" in r.output
+
+
+def test_unknown_model(packed, run, tmp_path):
+    _, llmz = packed
+    data = bytearray(llmz.read_bytes())
+    import xxhash
+    data[9:41] = b"\xab" * 32  # another model's id, header checksum made valid
+    data[41:45] = struct.pack("<I", xxhash.xxh32_intdigest(bytes(data[:41])))
+    p = tmp_path / "other.llmz"
+    p.write_bytes(bytes(data))
+    r = run("decompress", str(p), "-o", str(tmp_path / "o"))
+    assert r.exit_code == 1 and "unknown model id " + "ab" * 32 in r.output
+
+
+def test_unsupported_version(packed, run, tmp_path):
+    _, llmz = packed
+    data = bytearray(llmz.read_bytes())
+    data[4] = 9
+    p = tmp_path / "v9.llmz"
+    p.write_bytes(bytes(data))
+    r = run("decompress", str(p), "-o", str(tmp_path / "o"))
+    assert r.exit_code == 1 and "unsupported llmz version 9" in r.output

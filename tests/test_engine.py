@@ -1,0 +1,78 @@
+"""The engine's frequency tables must be bit-identical however they are computed."""
+import pytest
+import torch
+
+from conftest import TEXT
+from llmfs.model.engine import FREQ_BITS, KVCache, isqrt
+
+
+def tables(engine, tokens, chunk):
+    cache = KVCache()
+    out = [engine.step(tokens[:, i:i + chunk], cache) for i in range(0, tokens.shape[1], chunk)]
+    return torch.cat(out, 1)
+
+
+@pytest.fixture(scope="module")
+def tokens(model):
+    # longer than the window, so the sliding window and cache eviction are exercised
+    ids = model.tokenizer.encode(TEXT * 12)
+    n = model.cfg.window + 150
+    assert len(ids) >= n
+    return torch.from_numpy(ids[:n])[None]
+
+
+def test_full_equals_incremental_and_any_chunking(model, tokens):
+    e = model.engine
+    full = tables(e, tokens, tokens.shape[1])
+    assert torch.equal(full, tables(e, tokens, 1))
+    assert torch.equal(full, tables(e, tokens, 37))
+    assert torch.equal(full, tables(e, tokens, model.cfg.window))
+
+
+def test_batch_and_thread_invariance(model, tokens):
+    e = model.engine
+    other = torch.flip(tokens, [1])
+    batch = torch.cat([tokens, other, tokens[:, torch.randperm(tokens.shape[1])]])
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        b = tables(e, batch, 1)
+        torch.set_num_threads(1)
+        single = tables(e, tokens, 64)
+        single_other = tables(e, other, 1)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(b[0:1], single)
+    assert torch.equal(b[1:2], single_other)
+
+
+def test_freqs_sum_exactly(model, tokens):
+    e = model.engine
+    f = e.freqs(tables(e, tokens, 64)[0])
+    assert (f.sum(-1) == (1 << FREQ_BITS) - model.cfg.vocab).all()
+    assert (f >= 0).all()
+
+
+def test_model_predicts_text(model, tokens):
+    """A trained model: the table puts real mass on the true next token."""
+    e = model.engine
+    f = e.freqs(tables(e, tokens, 64)[0]).double() + 1
+    p = f[:-1].gather(1, tokens[0, 1:, None]).squeeze(1) / (1 << FREQ_BITS)
+    bits = -torch.log2(p).mean().item()
+    assert bits < 6.0, bits  # uniform would be log2(vocab) = 11 bits
+
+
+def test_isqrt_exact():
+    n = torch.tensor([0, 1, 2, 3, 4, 15, 16, 17, (1 << 52) - 1, 10**15, 99980001], dtype=torch.int64)
+    r = isqrt(n)
+    assert ((r * r <= n) & ((r + 1) * (r + 1) > n)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tables_equal_cpu(model, tokens):
+    from llmfs.model.modelfile import DEFAULT_MODEL, LanguageModel
+
+    gpu = LanguageModel.load(DEFAULT_MODEL, "cuda")
+    cpu_t = tables(model.engine, tokens, 1)
+    gpu_t = tables(gpu.engine, tokens, 64).cpu()
+    assert torch.equal(cpu_t, gpu_t)
