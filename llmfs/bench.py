@@ -6,13 +6,15 @@ sees); xz -9e runs on the whole sample, as the corpus README's baselines do.
 from __future__ import annotations
 
 import lzma
+import math
 import time
 from pathlib import Path
 
 import zstandard
 
-from .codec.frame import Codec, Frame, checksum
+from .codec.frame import Codec, Frame
 from .codec.llm import LLMCodec
+from .codec.workers import LLMPool
 from .model.modelfile import LanguageModel
 
 FRAME_OVERHEAD = len(Frame(Codec.LLM, 0, bytes(16), b"", bytes(8), 0).pack())
@@ -32,11 +34,11 @@ def read_sample(path: Path, limit: int) -> bytes:
         return f.read(limit) if limit else f.read()
 
 
-def measure(data: bytes, model: LanguageModel, block_size: int) -> dict:
+def measure(data: bytes, codec: LLMCodec | LLMPool, block_size: int) -> dict:
+    model = codec.model
     blocks = [data[i:i + block_size] for i in range(0, len(data), block_size)]
-    codec = LLMCodec(model)
     t = time.perf_counter()
-    encoded = [codec.encode(b) for b in blocks]
+    encoded = codec.encode_many([(b, math.inf) for b in blocks])
     t_enc = time.perf_counter() - t
     t = time.perf_counter()
     tokens = codec.decode_many([(e.payload, e.n_tokens) for e in encoded])
@@ -53,23 +55,28 @@ def measure(data: bytes, model: LanguageModel, block_size: int) -> dict:
         "llm": 8 * sum(llm) / n, "best": 8 * sum(best) / n, "zstd": 8 * sum(zst) / n,
         "xz": 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / n,
         "enc": n / t_enc / 1e3, "dec": n / t_dec / 1e3,
-        "digest_ok": checksum(data) == checksum(b"".join(blocks)),
     }
 
 
-def run(paths: list[Path], model: LanguageModel, limit: int, block_size: int) -> list[dict]:
+def run(paths: list[Path], model: LanguageModel, limit: int, block_size: int,
+        workers: int) -> list[dict]:
     kb = block_size // 1024
     print(f"model {model.id.hex()[:16]}  d={model.cfg.d_model} L={model.cfg.n_layer} "
           f"V={model.cfg.vocab} window={model.cfg.window}; blocks {kb} KiB; "
-          f"sample {'whole file' if not limit else f'first {limit} bytes'}")
+          f"sample {'whole file' if not limit else f'first {limit} bytes'}; "
+          f"{workers} single-thread worker process(es)")
+    codec = LLMPool(model, workers) if workers > 1 else LLMCodec(model)
+    codec.decode_many([(codec.encode_many([(b"warm up " * 20, math.inf)])[0].payload, 1)] * workers)
     print(f"| file | bytes | llm bpb | llmfs bpb (best of llm/zstd/raw) | zstd-19 {kb}K bpb "
           f"| xz -9e whole bpb | llm encode KB/s | llm batched decode KB/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for p in paths:
-        r = measure(read_sample(p, limit), model, block_size)
+        r = measure(read_sample(p, limit), codec, block_size)
         r["file"] = p.name.removesuffix(".xz")
         rows.append(r)
         print(f"| {r['file']} | {r['bytes']} | {r['llm']:.3f} | {r['best']:.3f} | {r['zstd']:.3f} "
               f"| {r['xz']:.3f} | {r['enc']:.1f} | {r['dec']:.1f} |", flush=True)
+    if isinstance(codec, LLMPool):
+        codec.close()
     return rows

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -38,12 +39,14 @@ def _open_in(path: str) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _open_out(path: str) -> Iterator[BinaryIO]:
+def _open_out(path: str, force: bool) -> Iterator[BinaryIO]:
     """Write to a temporary name and rename on success: no half-written outputs."""
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
+    if not force and os.path.exists(path):
+        raise click.ClickException(f"{path} already exists; use -f to overwrite")
     tmp = Path(path + ".part")
     try:
         f = open(tmp, "wb")
@@ -88,6 +91,10 @@ model_opt = click.option("--model", "models", multiple=True, type=click.Path(),
                          help="Model file (default: the shipped default model).")
 device_opt = click.option("--device", default="cpu", show_default=True,
                           help="cpu or cuda (same bits either way).")
+force_opt = click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+workers_opt = click.option("--workers", type=click.IntRange(1, 64), default=os.cpu_count() or 1,
+                           show_default="number of cores",
+                           help="Single-thread model processes (same bits for any number).")
 
 
 @main.command()
@@ -98,15 +105,18 @@ device_opt = click.option("--device", default="cpu", show_default=True,
 @click.option("--no-llm", is_flag=True, help="zstd/raw only.")
 @model_opt
 @device_opt
+@workers_opt
+@force_opt
 def compress(file: str, output: str | None, block_size: int, no_llm: bool,
-             models: tuple[str, ...], device: str) -> None:
+             models: tuple[str, ...], device: str, workers: int, force: bool) -> None:
     """Compress FILE (- for stdin) into an llmz container."""
     out = output or ("-" if file == "-" else file + ".llmz")
     with _open_in(file) as src:
         model = None if no_llm else _load_models(models, device)[0]
-        codec = BlockCodec(model, Policy(use_llm=not no_llm))
-        with _open_out(out) as dst, _progress(_size(file), "compress") as bar:
-            total, written = compress_stream(src, dst, codec, block_size, progress=bar.update)
+        with BlockCodec(model, Policy(use_llm=not no_llm), workers=_workers(workers, device)) \
+                as codec, _open_out(out, force) as dst, _progress(_size(file), "compress") as bar:
+            total, written = compress_stream(src, dst, codec, block_size, batch=4 * workers,
+                                             progress=bar.update)
     c = codec.counters
     click.echo(f"{file}: {total} -> {written} bytes ({8 * written / max(total, 1):.3f} bpb); "
                f"blocks llm {c['blocks_llm']} zstd {c['blocks_zstd']} raw {c['blocks_raw']}"
@@ -119,7 +129,10 @@ def compress(file: str, output: str | None, block_size: int, no_llm: bool,
 @click.option("-o", "--output", help="Output path (default FILE without .llmz; - for stdout).")
 @model_opt
 @device_opt
-def decompress(file: str, output: str | None, models: tuple[str, ...], device: str) -> None:
+@workers_opt
+@force_opt
+def decompress(file: str, output: str | None, models: tuple[str, ...], device: str,
+               workers: int, force: bool) -> None:
     """Decompress an llmz container."""
     if output is None:
         if file == "-":
@@ -136,11 +149,16 @@ def decompress(file: str, output: str | None, models: tuple[str, ...], device: s
             if model_id != bytes(32) and model is None:
                 raise click.ClickException(
                     f"{file}: unknown model id {model_id.hex()}; pass its file with --model")
-            codec = BlockCodec(model)
-            with _open_out(output) as dst, _progress(None, "decompress") as bar:
-                decompress_stream(src, dst, codec, block_size, progress=bar.update)
+            with BlockCodec(model, workers=_workers(workers, device) if model else 1) as codec, \
+                    _open_out(output, force) as dst, _progress(None, "decompress") as bar:
+                decompress_stream(src, dst, codec, block_size, batch=8 * workers,
+                                  progress=bar.update)
         except ContainerError as e:
             raise click.ClickException(f"{file}: {e}") from None
+
+
+def _workers(workers: int, device: str) -> int:
+    return 1 if device != "cpu" else workers
 
 
 @main.command()
@@ -149,7 +167,9 @@ def decompress(file: str, output: str | None, models: tuple[str, ...], device: s
               help="Bytes of each file to use (0: whole files).")
 @click.option("--block-size", type=int, default=DEFAULT_BLOCK, show_default=True)
 @model_opt
-def bench(files: tuple[str, ...], limit: int, block_size: int, models: tuple[str, ...]) -> None:
+@workers_opt
+def bench(files: tuple[str, ...], limit: int, block_size: int, models: tuple[str, ...],
+          workers: int) -> None:
     """Ratio and speed table: llm vs zstd -19 (per block) vs xz -9e (whole file)."""
     from .bench import corpus_files, run
 
@@ -157,7 +177,7 @@ def bench(files: tuple[str, ...], limit: int, block_size: int, models: tuple[str
     paths = [Path(f) for f in files] or corpus_files()
     if not paths:
         raise click.ClickException("no files given and ../shared/corpus not found")
-    run(paths, model, limit, block_size)
+    run(paths, model, limit, block_size, workers)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ def run():
     runner = CliRunner()
 
     def _run(*args, input=None):
+        if args[0] in ("compress", "decompress") and "--workers" not in args:
+            args = (*args, "--workers", "1")
         return runner.invoke(main, list(args), input=input, catch_exceptions=False)
     return _run
 
@@ -26,7 +28,7 @@ def run():
 def packed(tmp_path_factory):
     src = tmp_path_factory.mktemp("packed") / "data.bin"
     src.write_bytes(DATA)
-    r = CliRunner().invoke(main, ["compress", str(src), "--block-size", "16384"])
+    r = CliRunner().invoke(main, ["compress", str(src), "--block-size", "16384", "--workers", "1"])
     assert r.exit_code == 0, r.output
     return src, src.with_name("data.bin.llmz")
 
@@ -35,17 +37,21 @@ def test_round_trip_file(packed, run, tmp_path):
     src, llmz = packed
     assert llmz.stat().st_size < len(DATA) / 2
     out = tmp_path / "back.bin"
-    r = run("decompress", str(llmz), "-o", str(out))
+    r = run("decompress", str(llmz), "-o", str(out), "-f")
     assert r.exit_code == 0, r.output
     assert out.read_bytes() == DATA
 
 
-def test_round_trip_stdin_stdout(tmp_path):
-    """Through real pipes, with the installed console script's module."""
+def test_round_trip_stdin_stdout_two_workers(tmp_path):
+    """Through real pipes and the console script, with two worker processes."""
     cmd = [sys.executable, "-m", "llmfs.cli"]
-    z = subprocess.run(cmd + ["compress", "-"], input=DATA[:30000], capture_output=True, check=True)
-    back = subprocess.run(cmd + ["decompress", "-"], input=z.stdout, capture_output=True, check=True)
-    assert back.stdout == DATA[:30000]
+    data = DATA[:40000]
+    z = subprocess.run(cmd + ["compress", "-", "--block-size", "8192", "--workers", "2"],
+                       input=data, capture_output=True, check=True)
+    assert b"blocks llm" in z.stderr and len(z.stdout) < len(data) / 2
+    back = subprocess.run(cmd + ["decompress", "-", "--workers", "1"], input=z.stdout,
+                          capture_output=True, check=True)
+    assert back.stdout == data
 
 
 @pytest.mark.parametrize("content", [b"", b"x", TEXT])
@@ -55,6 +61,14 @@ def test_small_inputs(tmp_path, run, content):
     assert run("compress", str(src)).exit_code == 0
     assert run("decompress", str(tmp_path / "s.llmz"), "-o", str(tmp_path / "o")).exit_code == 0
     assert (tmp_path / "o").read_bytes() == content
+
+
+def test_refuses_to_overwrite(packed, run, tmp_path):
+    src, llmz = packed
+    before = llmz.read_bytes()
+    r = run("compress", str(src), "--block-size", "16384")
+    assert r.exit_code == 1 and "already exists" in r.output
+    assert llmz.read_bytes() == before
 
 
 def test_missing_file(run, tmp_path):

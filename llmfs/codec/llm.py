@@ -76,6 +76,10 @@ class LLMCodec:
                        freqs.cpu().numpy().astype(np.float64))
         return Encoded(enc.get_compressed().tobytes(), len(ids))
 
+    def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Encoded | None]:
+        """``encode(block, abort_bpb)`` for each job (the pool's interface, in-process)."""
+        return [self.encode(*job) for job in jobs]
+
     def decode_many(self, items: list[tuple[bytes, int]]) -> list[list[int] | None]:
         """Decode (payload, n_tokens) pairs in one batch; returns token ids per
         item, or None for a payload the coder rejects (the others go on)."""

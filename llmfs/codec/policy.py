@@ -18,6 +18,7 @@ import zstandard
 from ..model.modelfile import LanguageModel
 from .frame import Codec, Frame, FrameError, checksum
 from .llm import LLMCodec
+from .workers import LLMPool
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,26 @@ class BlockCodec:
     """Encodes and decodes block frames; holds the models it may use."""
 
     def __init__(self, model: LanguageModel | None = None, policy: Policy = Policy(),
-                 extra_models: tuple[LanguageModel, ...] = ()) -> None:
+                 extra_models: tuple[LanguageModel, ...] = (), workers: int = 1) -> None:
+        """*workers* > 1 runs the model in that many single-thread processes."""
         self.policy = policy
         self.model = model
-        self.llm: dict[bytes, LLMCodec] = {}
+        self.llm: dict[bytes, LLMCodec | LLMPool] = {}
         for m in (model, *extra_models):
             if m is not None:
-                self.llm[m.short_id] = LLMCodec(m)
+                self.llm[m.short_id] = LLMPool(m, workers) if workers > 1 else LLMCodec(m)
         self.counters: Counter[str] = Counter()
+
+    def close(self) -> None:
+        for c in self.llm.values():
+            if isinstance(c, LLMPool):
+                c.close()
+
+    def __enter__(self) -> "BlockCodec":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- encoding --------------------------------------------------------
     def encode_blocks(self, blocks: list[bytes]) -> list[bytes]:
@@ -73,14 +86,13 @@ class BlockCodec:
     def _try_llm(self, blocks: list[bytes], frames: list[Frame], todo: list[int]) -> None:
         codec = self.llm[self.model.short_id]
         cands: dict[int, Frame] = {}
-        for i in todo:
+        # give up early when the model is already worse than the frame we hold
+        jobs = [(blocks[i], 8.0 * len(frames[i].payload) / len(blocks[i])) for i in todo]
+        for i, enc in zip(todo, codec.encode_many(jobs)):
             best = frames[i]
-            # give up early when the model is already worse than the frame we hold
-            enc = codec.encode(blocks[i], abort_bpb=8.0 * len(best.payload) / len(blocks[i]))
             if enc is None:
                 self.counters["llm_aborted"] += 1
-                continue
-            if len(enc.payload) + 12 < len(best.payload):
+            elif len(enc.payload) + 12 < len(best.payload):
                 cands[i] = Frame(Codec.LLM, len(blocks[i]), best.digest, enc.payload,
                                  self.model.short_id, enc.n_tokens)
             else:

@@ -36,6 +36,7 @@ ZA = 64              # attention logits are in units of 1/ZA nat
 ZV = 256             # vocabulary logits are in units of 1/ZV nat
 FREQ_BITS = 24       # the range coder's total frequency is 2**FREQ_BITS
 EXACT_F32_K = 1024   # int8 x int8 sums over K <= 1024 stay below 2**24
+RECIP = 40           # fixed-point bits of per-row reciprocals (one division per row)
 
 
 def exact_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,8 @@ class LayerW:
     norm1: torch.Tensor    # [d] int64 RMSNorm gains (NORM_CB fractional bits)
     wqkv: torch.Tensor     # [d, 3d] float32 holding int8 (transposed for x @ w)
     qkv_m: torch.Tensor    # [3d] requant multipliers to int8 q/k/v
-    score_m: torch.Tensor  # [H, 1, 1] multiplier: q.k -> logit units (1/ZA nat)
+    score_half: torch.Tensor   # [H, 1, 1] float32 2**(k-1): q.k -> logit units is
+    score_scale: torch.Tensor  # [H, 1, 1] float32 2**-k     floor((q.k + half) * scale)
     wo: torch.Tensor       # [d, d]
     wo_m: torch.Tensor     # [d] -> residual units
     norm2: torch.Tensor
@@ -136,16 +138,21 @@ class Engine:
         for i in range(cfg.n_layer):
             p = f"layers.{i}."
             gelu = t(p + "gelu")
+            shift = t(p + "score_shift").view(H, 1, 1).to(torch.float32)
+            if (shift < 1).any() or (shift > 30).any():
+                raise ValueError("attention score shift out of range")
             self.layers.append(LayerW(
                 norm1=t(p + "norm1"), wqkv=w(p + "wqkv"), qkv_m=t(p + "qkv_m"),
-                score_m=t(p + "score_m").view(H, 1, 1), wo=w(p + "wo"), wo_m=t(p + "wo_m"),
+                score_half=2.0 ** (shift - 1), score_scale=2.0 ** -shift,
+                wo=w(p + "wo"), wo_m=t(p + "wo_m"),
                 norm2=t(p + "norm2"), w1=w(p + "w1"), w1_m=t(p + "w1_m"),
                 gelu=gelu.flatten(), gelu_n=(gelu.shape[1] - 1) // 2,
                 w2=w(p + "w2"), w2_m=t(p + "w2_m")))
         # ALiBi bias by distance: round(d * ZA / 2**e_h), exact in integers.
         dist = torch.arange(cfg.window, dtype=torch.int64)
         self.alibi = torch.stack([(dist * ZA + (1 << (e - 1))) >> e
-                                  for e in alibi_slope_exponents(H)]).to(dev)  # [H, W]
+                                  for e in alibi_slope_exponents(H)]).to(dev, torch.float32)
+        self.exp_attn = self.exp_attn.to(torch.float64)  # gathered straight into float64 sums
         self.total = (1 << FREQ_BITS) - cfg.vocab  # constriction adds 1 to every symbol
         self.ff_base = (torch.arange(cfg.d_ff, device=dev) * (2 * self.layers[0].gelu_n + 1)
                         if self.layers else None)
@@ -181,15 +188,18 @@ class Engine:
         kpos = torch.arange(start, fill + n, device=y.device)[None, :]
         dist = qpos - kpos
         allowed = (dist >= 0) & (dist < W)
-        bias = self.alibi[:, dist.clamp(0, W - 1)]                      # [H, n, k]
-        dots = (q @ keys.transpose(-1, -2)).to(torch.int64)             # exact: |.| < 2**20
-        z = requant(dots, lw.score_m) - bias
-        z = z.masked_fill(~allowed, -(1 << 40))
-        zmax = z.amax(-1, keepdim=True)
-        e = self.exp_attn[(zmax - z).clamp_(max=self.exp_attn.numel() - 1)]
-        s = e.sum(-1, keepdim=True)                                     # >= 2**16
-        num = (e.to(torch.float64) @ vals.to(torch.float64)).to(torch.int64)  # < 2**53
-        o = round_div(num, s)                                           # in v's scale
+        bias = self.alibi[:, dist.clamp(0, W - 1)]                      # [H, n, k] float32
+        # All float32 values below are integers < 2**24, so every op is exact:
+        # |q.k| < 2**20, adding 2**(k-1) and scaling by 2**-k are exact, floor too.
+        dots = q @ keys.transpose(-1, -2)
+        z = torch.floor((dots + lw.score_half) * lw.score_scale) - bias
+        z = z.masked_fill_(~allowed, -float(1 << 23))
+        gap = (z.amax(-1, keepdim=True) - z).clamp_(max=self.exp_attn.numel() - 1)
+        e = self.exp_attn[gap.to(torch.int64)]                          # float64, <= 2**16
+        s = e.sum(-1, keepdim=True).to(torch.int64)                     # exact: < 2**53
+        num = (e @ vals.to(torch.float64)).to(torch.int64)              # exact: < 2**53
+        inv = torch.div(1 << RECIP, s, rounding_mode="floor")           # one division per row
+        o = (num * inv + (1 << (RECIP - 1))) >> RECIP                   # ~ round(num / s)
         return o.transpose(1, 2).reshape(B, n, d).to(torch.float32)
 
     def _mlp(self, lw: LayerW, y: torch.Tensor) -> torch.Tensor:
@@ -242,7 +252,10 @@ class Engine:
         """
         zmax = logits.amax(-1, keepdim=True)
         e = self.exp_vocab[(zmax - logits).clamp_(max=self.exp_vocab.numel() - 1)]
-        f = torch.div(e * self.total, e.sum(-1, keepdim=True), rounding_mode="floor")
+        # f = floor(e * T / sum e) up to rounding, as e * R >> 32 with one division per row;
+        # the sum stays <= T because R <= T * 2**32 / sum e.
+        r = torch.div(self.total << 32, e.sum(-1, keepdim=True), rounding_mode="floor")
+        f = (e * r) >> 32
         rem = self.total - f.sum(-1, keepdim=True)
         ids = torch.arange(logits.shape[-1], device=logits.device)
         first = torch.where(logits == zmax, ids, logits.shape[-1]).amin(-1, keepdim=True)

@@ -70,9 +70,14 @@ def quantize(model: Transformer, calib: torch.Tensor) -> dict[str, torch.Tensor]
         q8, sw = _quant_rows(wqkv)
         per_head = lambda m: m.view(H, hd).amax(1).repeat_interleave(hd) / 127  # noqa: E731
         sq, sk, sv = per_head(st[f"{i}.q"]), per_head(st[f"{i}.k"]), st[f"{i}.v"] / 127
+        # widen the q scale (by < 2x) so that q.k in logit units is a power-of-two
+        # shift: the engine then scores attention with exact float32 ops only
+        c = sq * sk / math.sqrt(hd) * ZA
+        shift = torch.floor(-torch.log2(c[::hd])).clamp(min=1)
+        sq = sq * (2.0 ** -shift.repeat_interleave(hd)) / c
         out[f"layers.{i}.wqkv"] = q8
         out[f"layers.{i}.qkv_m"] = _mult(sw / torch.cat([sq, sk, sv]))
-        out[f"layers.{i}.score_m"] = _mult(sq[::hd] * sk[::hd] / math.sqrt(hd) * ZA)
+        out[f"layers.{i}.score_shift"] = shift.to(torch.int64)
         wo8, swo = _quant_rows(sd[p + "wo.weight"] * sv)
         out[f"layers.{i}.wo"], out[f"layers.{i}.wo_m"] = wo8, _mult(swo * (1 << FX))
         s2 = st[f"{i}.n2"] / 127

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ class LanguageModel:
     tokenizer: ByteTokenizer
     engine: Engine
     notes: dict
+    data: bytes = field(repr=False)  # the model file itself (workers and stores need it)
 
     @property
     def short_id(self) -> bytes:
@@ -61,7 +62,7 @@ class LanguageModel:
         if tok.vocab_size != cfg.vocab:
             raise ValueError("tokenizer and model disagree on the vocabulary size")
         engine = Engine(cfg, load(data), device)
-        return cls(model_id(data), cfg, tok, engine, json.loads(meta.get("notes", "{}")))
+        return cls(model_id(data), cfg, tok, engine, json.loads(meta.get("notes", "{}")), data)
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_MODEL, device: str = "cpu") -> "LanguageModel":
