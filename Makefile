@@ -35,8 +35,8 @@ bench: $(STAMP)
 # Rebuild the starter model from offline sources (slow on CPU; see MODEL.md).
 model: $(STAMP)
 	$(PY) -m llmfs.model.corpus build/corpus
-	$(PY) -m llmfs.model.train --corpus build/corpus --out build/train
-	$(PY) -m llmfs.model.export_default build/train
+	$(PY) -m llmfs.model.train --corpus build/corpus --out build/train --steps 4000
+	$(PY) -m llmfs.model.export build/train
 
 clean:
 	rm -rf build $(VENV)

@@ -54,6 +54,33 @@ class LLMCodec:
             end = min(len(ids), start + self.chunk)
             yield start, end, self.engine.freqs(self.engine.step(inp[:, start:end], cache)[0])
 
+    @staticmethod
+    def _three_buckets(freqs: torch.Tensor, syms: torch.Tensor):
+        """The coder only needs (cumulative, frequency) of each coded symbol.
+
+        Encoding symbol s of table f (constriction gives each entry f_j + 1,
+        total exactly 2**24) is the same range-coder step as encoding the
+        middle bucket of (lo - 1, f_s, 2**24 - lo - f_s - 2) with
+        lo = sum_{j<s}(f_j + 1): same interval, same bits, but three entries
+        instead of the vocabulary.  The first and last symbol use the outer
+        buckets instead, so no bucket goes negative.  The decoder searches the
+        full table; every stored frame was decoded that way before it was kept.
+        """
+        syms = syms.to(freqs.device)
+        fs = freqs.gather(1, syms[:, None]).squeeze(1)
+        lo = (freqs.cumsum(1).gather(1, syms[:, None]).squeeze(1) - fs) + syms
+        total = 1 << FREQ_BITS
+        last = freqs.shape[1] - 1
+        first, final = syms == 0, syms == last
+        mid = torch.stack([lo - 1, fs, total - lo - fs - 2], 1)
+        # s == 0: (f_0, rest - 2, 0) coded as bucket 0; s == last: (0, lo - 2, f_s) as bucket 2
+        mid[first] = torch.stack([fs[first], total - fs[first] - 3, torch.zeros_like(fs[first])], 1)
+        mid[final] = torch.stack([torch.zeros_like(fs[final]), lo[final] - 2, fs[final]], 1)
+        which = torch.ones_like(syms)
+        which[first], which[final] = 0, 2
+        return (which.cpu().numpy().astype(np.int32), _FAMILY,
+                mid.cpu().numpy().astype(np.float64))
+
     def cost_bits(self, block: bytes) -> float:
         """Ideal code length of *block* in bits (what ``encode`` stores, within 0.1%)."""
         ids = self.model.tokenizer.encode(block)
@@ -72,8 +99,7 @@ class LLMCodec:
                 nbytes = sum(len(tok_bytes[i]) for i in ids[:end])
                 if self.token_bits(freqs, syms[:end]) > abort_bpb * nbytes:
                     return None
-            enc.encode(ids[start:end].astype(np.int32), _FAMILY,
-                       freqs.cpu().numpy().astype(np.float64))
+            enc.encode(*self._three_buckets(freqs, syms[start:end]))
         return Encoded(enc.get_compressed().tobytes(), len(ids))
 
     def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Encoded | None]:
