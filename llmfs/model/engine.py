@@ -167,37 +167,42 @@ class Engine:
         y = round_div((x * gain) << NORM_R, r << NORM_CB)
         return clamp8(y).to(torch.float32)
 
-    def _attention(self, lw: LayerW, y: torch.Tensor, cache: KVCache, li: int) -> torch.Tensor:
+    def _window_bias(self, fill: int, n: int, device: torch.device) -> tuple[int, torch.Tensor]:
+        """First cached key each query may see, and the ALiBi bias [H, n, keys]
+        with keys outside the window pushed to -2**23 (weight exactly 0)."""
+        W = self.cfg.window
+        start = max(0, fill - W + 1)
+        dist = (torch.arange(fill, fill + n, device=device)[:, None]
+                - torch.arange(start, fill + n, device=device)[None, :])
+        bias = self.alibi[:, dist.clamp(0, W - 1)]
+        outside = (dist < 0) | (dist >= W)
+        return start, bias.masked_fill_(outside, float(1 << 23))
+
+    def _attention(self, lw: LayerW, y: torch.Tensor, cache: KVCache, li: int,
+                   start: int, bias: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         B, n, d = y.shape
         H, hd, W = cfg.n_head, cfg.head_dim, cfg.window
         qkv = clamp8(requant(exact_mm(y, lw.wqkv), lw.qkv_m)).to(torch.float32)
         q, k, v = qkv.view(B, n, 3, H, hd).permute(2, 0, 3, 1, 4)  # each [B, H, n, hd]
+        q = q.contiguous()
         if li == len(cache.k):
             cap = W + max(n, 64)
             cache.k.append(torch.zeros(B, H, cap, hd, device=y.device))
-            cache.v.append(torch.zeros(B, H, cap, hd, device=y.device))
+            cache.v.append(torch.zeros(B, H, cap, hd, device=y.device, dtype=torch.float64))
         ck, cv = cache.k[li], cache.v[li]
         fill = cache.fill
         ck[:, :, fill:fill + n] = k
         cv[:, :, fill:fill + n] = v
-        start = max(0, fill - W + 1)
         keys, vals = ck[:, :, start:fill + n], cv[:, :, start:fill + n]
-        # distance of each key from each query; allowed when 0 <= dist < W
-        qpos = torch.arange(fill, fill + n, device=y.device)[:, None]
-        kpos = torch.arange(start, fill + n, device=y.device)[None, :]
-        dist = qpos - kpos
-        allowed = (dist >= 0) & (dist < W)
-        bias = self.alibi[:, dist.clamp(0, W - 1)]                      # [H, n, k] float32
         # All float32 values below are integers < 2**24, so every op is exact:
         # |q.k| < 2**20, adding 2**(k-1) and scaling by 2**-k are exact, floor too.
         dots = q @ keys.transpose(-1, -2)
         z = torch.floor((dots + lw.score_half) * lw.score_scale) - bias
-        z = z.masked_fill_(~allowed, -float(1 << 23))
         gap = (z.amax(-1, keepdim=True) - z).clamp_(max=self.exp_attn.numel() - 1)
         e = self.exp_attn[gap.to(torch.int64)]                          # float64, <= 2**16
         s = e.sum(-1, keepdim=True).to(torch.int64)                     # exact: < 2**53
-        num = (e @ vals.to(torch.float64)).to(torch.int64)              # exact: < 2**53
+        num = (e @ vals).to(torch.int64)                                # exact: < 2**53
         inv = torch.div(1 << RECIP, s, rounding_mode="floor")           # one division per row
         o = (num * inv + (1 << (RECIP - 1))) >> RECIP                   # ~ round(num / s)
         return o.transpose(1, 2).reshape(B, n, d).to(torch.float32)
@@ -219,9 +224,10 @@ class Engine:
         if cache.fill + n > (cache.k[0].shape[2] if cache.k else cfg.window + max(n, 64)):
             self._compact(cache, n)
         x = self.emb[tokens.to(self.device)]                            # [B, n, d] int64
+        start, bias = self._window_bias(cache.fill, n, self.device)
         for li, lw in enumerate(self.layers):
-            x = x + requant(exact_mm(self._attention(lw, self._norm(x, lw.norm1), cache, li),
-                                     lw.wo), lw.wo_m)
+            a = self._attention(lw, self._norm(x, lw.norm1), cache, li, start, bias)
+            x = x + requant(exact_mm(a, lw.wo), lw.wo_m)
             x = x + self._mlp(lw, self._norm(x, lw.norm2))
         cache.fill += n
         y = self._norm(x, self.norm_f)
@@ -236,7 +242,7 @@ class Engine:
             for i, t in enumerate(lst):
                 if t.shape[2] < need:
                     new = torch.zeros(t.shape[0], t.shape[1], W + max(n, 64), t.shape[3],
-                                      device=t.device)
+                                      device=t.device, dtype=t.dtype)
                 else:
                     new = t
                 new[:, :, :keep] = t[:, :, cache.fill - keep:cache.fill].clone()
