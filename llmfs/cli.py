@@ -16,6 +16,16 @@ from .codec.policy import BlockCodec, Policy
 DEFAULT_BLOCK = 64 * 1024
 
 
+def _find_model(file: str, model_id: bytes, paths: tuple[str, ...], device: str):
+    """The model a container names: among --model files first, then the default."""
+    for group in ((paths,) if paths else ()) + ((),):  # () loads the default
+        for m in _load_models(group, device):
+            if m.id == model_id:
+                return m
+    raise click.ClickException(f"{file}: unknown model id {model_id.hex()}; "
+                               "pass its file with --model")
+
+
 def _load_models(paths: tuple[str, ...], device: str):
     from .model.modelfile import DEFAULT_MODEL, LanguageModel
 
@@ -144,14 +154,10 @@ def decompress(file: str, output: str | None, models: tuple[str, ...], device: s
     with _open_in(file) as src:
         try:
             block_size, model_id = read_header(src)
-            loaded = [] if model_id == bytes(32) else _load_models(models, device)
-            model = next((m for m in loaded if m.id == model_id), None)
-            if model_id != bytes(32) and model is None:
-                raise click.ClickException(
-                    f"{file}: unknown model id {model_id.hex()}; pass its file with --model")
+            model = None if model_id == bytes(32) else _find_model(file, model_id, models, device)
             with BlockCodec(model, workers=_workers(workers, device) if model else 1) as codec, \
                     _open_out(output, force) as dst, _progress(None, "decompress") as bar:
-                decompress_stream(src, dst, codec, block_size, batch=8 * workers,
+                decompress_stream(src, dst, codec, block_size, batch=32 * workers,
                                   progress=bar.update)
         except ContainerError as e:
             raise click.ClickException(f"{file}: {e}") from None

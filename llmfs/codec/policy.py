@@ -29,7 +29,6 @@ class Policy:
     use_llm: bool = True
     probe_ratio: float = 0.97   # zstd-1 output above this fraction -> incompressible, no llm
     min_llm_bytes: int = 64     # tiny blocks are not worth a model call
-    verify: bool = True         # decode llm frames before keeping them
 
 
 class BlockCodec:
@@ -99,12 +98,8 @@ class BlockCodec:
                 self.counters["llm_not_smaller"] += 1
         if not cands:
             return
-        order = list(cands)
-        if self.policy.verify:
-            decoded = self._decode_llm([cands[i] for i in order])
-        else:
-            decoded = [blocks[i] for i in order]
-        for i, got in zip(order, decoded):
+        order = list(cands)  # verify: the real decoder must give the block back
+        for i, got in zip(order, self._decode_llm([cands[i] for i in order])):
             if got == blocks[i]:
                 frames[i] = cands[i]
             else:

@@ -116,6 +116,8 @@ class Engine:
             torch.backends.cudnn.allow_tf32 = False
         if max(cfg.d_model, cfg.head_dim) > EXACT_F32_K:
             raise ValueError("d_model above the exact float32 limit")
+        if cfg.window > 1 << 16:  # attention logits and biases must stay below 2**23
+            raise ValueError("window above 65536 tokens")
         dev = self.device
 
         def t(name: str, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -131,7 +133,7 @@ class Engine:
         self.head = w("head")                 # [d, V]
         self.head_m = t("head_m")             # [V] -> logit units 1/ZV nat
         self.norm_f = t("norm_f")
-        self.exp_attn = t("exp_attn")         # exp(-i/ZA) * 2**16
+        self.exp_attn = t("exp_attn", torch.float64)  # exp(-i/ZA) * 2**16, summed in float64
         self.exp_vocab = t("exp_vocab")       # exp(-i/ZV) * 2**24
         H = cfg.n_head
         self.layers: list[LayerW] = []
@@ -152,7 +154,6 @@ class Engine:
         dist = torch.arange(cfg.window, dtype=torch.int64)
         self.alibi = torch.stack([(dist * ZA + (1 << (e - 1))) >> e
                                   for e in alibi_slope_exponents(H)]).to(dev, torch.float32)
-        self.exp_attn = self.exp_attn.to(torch.float64)  # gathered straight into float64 sums
         self.total = (1 << FREQ_BITS) - cfg.vocab  # constriction adds 1 to every symbol
         self.ff_base = (torch.arange(cfg.d_ff, device=dev) * (2 * self.layers[0].gelu_n + 1)
                         if self.layers else None)
