@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 LLMFS  := $(VENV)/bin/llmfs
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
+SAMPLES := $(filter-out %/README.md,$(wildcard llmfs/samples/*))
 
 .PHONY: demo test bench model clean
 
@@ -17,13 +18,13 @@ $(STAMP): pyproject.toml
 # Compress each bundled sample, decompress it, compare, and print the table.
 demo: $(STAMP)
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	for f in llmfs/samples/*; do \
+	for f in $(SAMPLES); do \
 	  b=$$(basename $$f); \
 	  $(LLMFS) compress $$f -o $(DEMO)/$$b.llmz && \
 	  $(LLMFS) decompress $(DEMO)/$$b.llmz -o $(DEMO)/$$b && \
 	  cmp $$f $(DEMO)/$$b && echo "round trip OK: $$b" || exit 1; \
 	done
-	$(LLMFS) bench --limit 0 llmfs/samples/*
+	$(LLMFS) bench --limit 0 $(SAMPLES)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
