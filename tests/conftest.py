@@ -1,5 +1,12 @@
-"""Shared fixtures: the shipped default model, loaded once per session."""
+"""Shared fixtures: the shipped default model (loaded once), real mounts."""
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +37,65 @@ def model() -> LanguageModel:
 @pytest.fixture()
 def codec(model: LanguageModel) -> BlockCodec:
     return BlockCodec(model)
+
+
+class Mounted:
+    """A store mounted by a real `llmfs mount -f` daemon in a subprocess."""
+
+    def __init__(self, root: Path, options: str = "") -> None:
+        self.store = root / "store"
+        self.mnt = root / "mnt"
+        self.log = root / "daemon.log"
+        self.options = options
+        self.mnt.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    def mkfs(self, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "llmfs.cli", "mkfs", str(self.store), *args],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "llmfs.cli", "mount", "-f", str(self.store), str(self.mnt),
+               "--log", str(self.log)]
+        if self.options:
+            cmd += ["-o", self.options]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        deadline = time.time() + 30
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mount failed: {self.proc.stderr.read().decode()}")
+            if time.time() > deadline:
+                raise RuntimeError("mount did not appear")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the daemon, as a crash would, and clear the dead mount."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
+        self.proc = None
+
+    def path(self, *parts: str) -> Path:
+        return self.mnt.joinpath(*parts)
+
+
+@pytest.fixture()
+def mounted(tmp_path: Path):
+    m = Mounted(tmp_path)
+    m.mkfs()
+    m.start()
+    yield m
+    m.stop()

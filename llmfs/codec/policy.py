@@ -18,6 +18,7 @@ import zstandard
 from ..model.modelfile import LanguageModel
 from .frame import Codec, Frame, FrameError, checksum
 from .llm import LLMCodec
+from .plain import unzstd
 from .workers import LLMPool
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,24 @@ class BlockCodec:
     """Encodes and decodes block frames; holds the models it may use."""
 
     def __init__(self, model: LanguageModel | None = None, policy: Policy = Policy(),
-                 extra_models: tuple[LanguageModel, ...] = (), workers: int = 1) -> None:
-        """*workers* > 1 runs the model in that many single-thread processes."""
+                 extra_models: tuple[LanguageModel, ...] = (), workers: int = 0) -> None:
+        """*workers* >= 1 runs the model in that many single-thread processes
+        (the GIL stays free for the caller); 0 runs it in this thread."""
         self.policy = policy
         self.model = model
         self.llm: dict[bytes, LLMCodec | LLMPool] = {}
         for m in (model, *extra_models):
             if m is not None:
-                self.llm[m.short_id] = LLMPool(m, workers) if workers > 1 else LLMCodec(m)
+                self.llm[m.short_id] = LLMPool(m, workers) if workers >= 1 else LLMCodec(m)
         self.counters: Counter[str] = Counter()
+
+    @classmethod
+    def from_model_files(cls, files: list[bytes], workers: int = 0) -> "BlockCodec":
+        """A decoder for every model in *files* (model file bytes, e.g. a
+        store's models); the first one also encodes."""
+        models = [LanguageModel.from_bytes(d) for d in files]
+        return cls(models[0] if models else None, extra_models=tuple(models[1:]),
+                   workers=workers)
 
     def close(self) -> None:
         for c in self.llm.values():
@@ -131,7 +141,7 @@ class BlockCodec:
             if f.codec == Codec.RAW:
                 out[i] = f.payload
             elif f.codec == Codec.ZSTD:
-                out[i] = self._unzstd(f)
+                out[i] = unzstd(f)
             elif f.model not in self.llm:
                 out[i] = FrameError(f"block needs unknown model {f.model.hex()}; "
                                     "load it with --model or add it to the store")
@@ -147,15 +157,6 @@ class BlockCodec:
                 self.counters["checksum_errors"] += 1
                 out[i] = FrameError("checksum mismatch: decoded bytes differ from the original")
         return out  # type: ignore[return-value]
-
-    @staticmethod
-    def _unzstd(f: Frame) -> bytes | None:
-        try:  # a damaged size field must not make zstd allocate it
-            if zstandard.frame_content_size(f.payload) != f.raw_len:
-                return None
-            return zstandard.ZstdDecompressor().decompress(f.payload, max_output_size=f.raw_len)
-        except zstandard.ZstdError:
-            return None
 
     def _decode_llm(self, frames: list[Frame]) -> list[bytes | None]:
         """Decode llm frames, batched per model; None where the coder rejects one."""

@@ -6,7 +6,6 @@ without the source tree.  Frames record the first 8 bytes of the id.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,16 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
+from . import DEFAULT_MODEL, model_id
 from .engine import Engine
 from .net import Config
 from .tokenizer import ByteTokenizer
 
 FORMAT = "llmfs-int-1"
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "model.safetensors"
-
-
-def model_id(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=32).digest()
 
 
 def save_model(path: Path, cfg: Config, tok: ByteTokenizer, tensors: dict[str, torch.Tensor],

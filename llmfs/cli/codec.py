@@ -1,4 +1,4 @@
-"""``llmfs`` command line: compress, decompress, bench."""
+"""``llmfs compress / decompress / bench``: the codec without a filesystem."""
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +10,8 @@ from typing import BinaryIO, Iterator
 
 import click
 
-from .codec.container import ContainerError, compress_stream, decompress_stream, read_header
-from .codec.policy import BlockCodec, Policy
+from . import main
+
 
 DEFAULT_BLOCK = 64 * 1024
 
@@ -27,7 +27,7 @@ def _find_model(file: str, model_id: bytes, paths: tuple[str, ...], device: str)
 
 
 def _load_models(paths: tuple[str, ...], device: str):
-    from .model.modelfile import DEFAULT_MODEL, LanguageModel
+    from ..model.modelfile import DEFAULT_MODEL, LanguageModel
 
     try:
         return [LanguageModel.load(p, device) for p in (paths or (DEFAULT_MODEL,))]
@@ -84,19 +84,6 @@ def _size(path: str) -> int | None:
         return None
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log codec events.")
-@click.option("--threads", type=int, default=None, help="Torch threads (default: all cores).")
-def main(verbose: bool, threads: int | None) -> None:
-    """llmfs: LLM-compressed storage."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="llmfs: %(message)s")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 model_opt = click.option("--model", "models", multiple=True, type=click.Path(),
                          help="Model file (default: the shipped default model).")
 device_opt = click.option("--device", default="cpu", show_default=True,
@@ -120,6 +107,9 @@ workers_opt = click.option("--workers", type=click.IntRange(1, 64), default=os.c
 def compress(file: str, output: str | None, block_size: int, no_llm: bool,
              models: tuple[str, ...], device: str, workers: int, force: bool) -> None:
     """Compress FILE (- for stdin) into an llmz container."""
+    from ..codec.container import compress_stream
+    from ..codec.policy import BlockCodec, Policy
+
     out = output or ("-" if file == "-" else file + ".llmz")
     with _open_in(file) as src:
         model = None if no_llm else _load_models(models, device)[0]
@@ -144,6 +134,9 @@ def compress(file: str, output: str | None, block_size: int, no_llm: bool,
 def decompress(file: str, output: str | None, models: tuple[str, ...], device: str,
                workers: int, force: bool) -> None:
     """Decompress an llmz container."""
+    from ..codec.container import ContainerError, decompress_stream, read_header
+    from ..codec.policy import BlockCodec
+
     if output is None:
         if file == "-":
             output = "-"
@@ -155,7 +148,7 @@ def decompress(file: str, output: str | None, models: tuple[str, ...], device: s
         try:
             block_size, model_id = read_header(src)
             model = None if model_id == bytes(32) else _find_model(file, model_id, models, device)
-            with BlockCodec(model, workers=_workers(workers, device) if model else 1) as codec, \
+            with BlockCodec(model, workers=_workers(workers, device) if model else 0) as codec, \
                     _open_out(output, force) as dst, _progress(None, "decompress") as bar:
                 decompress_stream(src, dst, codec, block_size, batch=32 * workers,
                                   progress=bar.update)
@@ -164,7 +157,8 @@ def decompress(file: str, output: str | None, models: tuple[str, ...], device: s
 
 
 def _workers(workers: int, device: str) -> int:
-    return 1 if device != "cpu" else workers
+    """BlockCodec's workers: one CPU worker runs in-process (no spawn cost)."""
+    return 0 if device != "cpu" or workers == 1 else workers
 
 
 @main.command()
@@ -177,7 +171,7 @@ def _workers(workers: int, device: str) -> int:
 def bench(files: tuple[str, ...], limit: int, block_size: int, models: tuple[str, ...],
           workers: int) -> None:
     """Ratio and speed table: llm vs zstd -19 (per block) vs xz -9e (whole file)."""
-    from .bench import corpus_files, run
+    from ..bench import corpus_files, run
 
     model = _load_models(models, "cpu")[0]
     paths = [Path(f) for f in files] or corpus_files()
@@ -185,6 +179,3 @@ def bench(files: tuple[str, ...], limit: int, block_size: int, models: tuple[str
         raise click.ClickException("no files given and ../shared/corpus not found")
     run(paths, model, limit, block_size, workers)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,73 @@
+"""Settings for the daemon and the tools, read from TOML and validated.
+
+Every key has a default; a config file only names what it changes.  Unknown
+keys and wrong types are errors that name the key, never silently ignored.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+MiB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A config file or option that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    block_size: int = 64 * 1024       # mkfs only: bytes per block (power of two)
+    cache_mib: int = 256              # decoded-block cache (hot tier)
+    warm_cache_mib: int = 256         # recently decoded llm blocks kept as zstd (warm tier)
+    dirty_mib: int = 64               # write buffer limit over all files before forced flush
+    file_flush_blocks: int = 64       # a file flushes once this many of its blocks are dirty
+    flush_interval_s: float = 5.0     # dirty data older than this is flushed in the background
+    write_zstd_level: int = 1         # zstd level of fresh writes (fast tier)
+    readahead_blocks: int = 16        # llm blocks decoded in one batch on sequential reads
+    decode_workers: int = 1           # model processes for decoding (0: in the FUSE process)
+
+    def validate(self) -> "Config":
+        checks = {
+            "block_size": self.block_size >= 4096 and self.block_size & (self.block_size - 1) == 0,
+            "cache_mib": self.cache_mib >= 1, "warm_cache_mib": self.warm_cache_mib >= 0,
+            "dirty_mib": self.dirty_mib >= 1, "file_flush_blocks": self.file_flush_blocks >= 1,
+            "flush_interval_s": self.flush_interval_s > 0,
+            "write_zstd_level": 1 <= self.write_zstd_level <= 22,
+            "readahead_blocks": 0 <= self.readahead_blocks <= 1024,
+            "decode_workers": 0 <= self.decode_workers <= 64,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid value for {bad[0]}: {getattr(self, bad[0])!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "Config":
+        types = {f.name: f.type for f in fields(cls)}
+        out = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(types)})")
+            want = float if types[key] == "float" else int
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or (want is int and not isinstance(value, int)):
+                raise ConfigError(f"{source}: {key} must be {want.__name__}, got {value!r}")
+            out[key] = want(value)
+        try:
+            return cls(**out).validate()
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: Path | str | None) -> "Config":
+        if path is None:
+            return cls()
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        return cls.from_dict(data, str(path))

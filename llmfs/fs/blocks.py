@@ -1,0 +1,97 @@
+"""Turning stored frames into bytes for the filesystem: cache, batching,
+and sharing of decodes already under way.
+
+zstd and raw frames decode in the calling thread (microseconds).  llm frames
+go to the model in one batch per call, in worker processes, so a decode never
+holds the GIL the other FUSE threads need; a block another thread is already
+decoding is waited for, not decoded twice.  Models load on the first llm
+frame, so a store that holds none never pays for torch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+
+from ..codec.frame import Codec, FrameError
+from ..codec.plain import decode_plain, frame_codec
+from ..store import Store
+from .cache import BlockCache
+
+log = logging.getLogger(__name__)
+
+
+def is_llm(frame: bytes) -> bool:
+    try:
+        return frame_codec(frame) == Codec.LLM
+    except FrameError:
+        return False
+
+
+class BlockReader:
+    def __init__(self, store: Store, cache: BlockCache, workers: int) -> None:
+        self.store = store
+        self.cache = cache
+        self.workers = workers
+        self._llm = None   # BlockCodec, made on the first llm frame
+        self._lock = threading.Lock()
+        self._inflight: dict[bytes, Future] = {}
+        self.stats: Counter[str] = Counter()
+
+    def _llm_codec(self):
+        with self._lock:
+            if self._llm is None:
+                from ..codec.policy import BlockCodec   # imports torch
+                models = list(self.store.read(lambda t: t.models()).values())
+                self._llm = BlockCodec.from_model_files(models, self.workers)
+            return self._llm
+
+    def decode(self, frames: dict[bytes, bytes]) -> dict[bytes, bytes | FrameError]:
+        """Decoded bytes (or the error) for each block key in *frames*."""
+        out: dict[bytes, bytes | FrameError] = {}
+        mine: dict[bytes, Future] = {}
+        theirs: dict[bytes, Future] = {}
+        with self._lock:
+            for key in frames:
+                if key in self._inflight:
+                    theirs[key] = self._inflight[key]
+                else:
+                    mine[key] = self._inflight[key] = Future()
+        try:
+            keys = list(mine)
+            plain = [k for k in keys if not is_llm(frames[k])]
+            llm = [k for k in keys if is_llm(frames[k])]
+            for k in plain:
+                out[k] = decode_plain(frames[k])
+            if llm:
+                t0 = time.perf_counter()
+                out.update(zip(llm, self._llm_codec().decode_each([frames[k] for k in llm])))
+                with self._lock:
+                    self.stats["llm_batches"] += 1
+                    self.stats["llm_blocks_decoded"] += len(llm)
+                    self.stats["llm_decode_ms"] += int(1000 * (time.perf_counter() - t0))
+            with self._lock:
+                self.stats["plain_blocks_decoded"] += len(plain)
+            for k in keys:
+                if not isinstance(out[k], FrameError):
+                    self.cache.put(k, out[k], expensive=k in llm)
+        except BaseException as e:  # never leave waiters hanging
+            for k, fut in mine.items():
+                fut.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                for k in mine:
+                    self._inflight.pop(k, None)
+            for k, fut in mine.items():
+                if not fut.done():
+                    fut.set_result(out.get(k, FrameError("not decoded")))
+        for k, fut in theirs.items():
+            out[k] = fut.result()
+        return out
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()

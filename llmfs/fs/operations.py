@@ -1,0 +1,872 @@
+"""FUSE operations over the store (mfusepy's path-based API).
+
+Locking: ``_mutex`` guards the in-memory state (handles, write buffers) and
+every write transaction, so each state change is one LMDB transaction made
+while nobody else changes state.  Slow work runs outside it: encoding a
+flush (per-inode ``_flush_locks`` keep one file's flushes and truncates in
+order) and decoding blocks (``BlockReader``, model in worker processes).
+
+Files unlinked while open: libfuse renames them to ``.fuse_hidden*`` and
+unlinks that name at the last release (so fstat and fchmod keep working);
+with ``-o hard_remove`` they lose their name at once and stay as nameless
+inodes.  Both kinds are recorded as *orphans*, which the mount removes on
+start: leftovers of a crash.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import mfusepy
+from mfusepy import FuseOSError
+
+from ..codec.frame import FrameError
+from ..codec.plain import fast_frame
+from ..config import MiB, Config
+from ..store import ROOT_INO, Inode, Store, StoreLock, Txn, block_key
+from .blocks import BlockReader, is_llm
+from .cache import BlockCache
+from .writebuf import Dirty, Snapshot
+
+log = logging.getLogger(__name__)
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+NAME_MAX = 255
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+HIDDEN = b".fuse_hidden"
+STATS_XATTR = "user.llmfs.stats"   # read-only, on the root: live daemon counters as JSON
+
+
+def _err(code: int) -> FuseOSError:
+    return FuseOSError(code)
+
+
+def _name(part: str) -> bytes:
+    name = os.fsencode(part)
+    if len(name) > NAME_MAX:
+        raise _err(errno.ENAMETOOLONG)
+    return name
+
+
+@dataclass
+class Handle:
+    ino: int
+    flags: int
+    next_offset: int = 0   # where a sequential reader reads next
+
+
+class LLMFS(mfusepy.Operations):
+    """The mounted filesystem.  The store is opened in :meth:`init`, after
+    FUSE has daemonised (an LMDB environment must not cross a fork)."""
+
+    use_ns = True
+
+    def __init__(self, store_path: str, config: Config, lock: StoreLock | None = None) -> None:
+        self.store_path = store_path
+        self.store_lock = lock
+        self.config = config
+        self.store: Store | None = None
+        self.reader: BlockReader | None = None
+        self.cache = BlockCache(config.cache_mib * MiB, config.warm_cache_mib * MiB)
+        self._mutex = threading.RLock()
+        self._flush_locks: dict[int, threading.Lock] = {}
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, int] = {}   # directory handle -> inode
+        self._open: Counter[int] = Counter()
+        self._next_fh = 1
+        self._dirty: dict[int, Dirty] = {}
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.stats: Counter[str] = Counter()
+
+    # -- life cycle ------------------------------------------------------
+    def init(self, path: str) -> None:
+        if self.store_lock is not None:
+            self.store_lock.note_pid()
+        self.store = Store(self.store_path)
+        self.bs = self.store.block_size
+        self.reader = BlockReader(self.store, self.cache, self.config.decode_workers)
+        self.store.write(self._reap_orphans)
+        self._flusher = threading.Thread(target=self._flush_loop, name="llmfs-flusher",
+                                         daemon=True)
+        self._flusher.start()
+        log.info("mounted %s (block size %d)", self.store_path, self.bs)
+
+    @staticmethod
+    def _reap_orphans(t: Txn) -> None:
+        for ino, parent, name in t.orphans():
+            inode = t.inode(ino)
+            t.set_orphan(ino, False)
+            if inode is None:
+                continue
+            if name:
+                if t.lookup(parent, name) != ino:
+                    continue
+                t.del_entry(parent, name)
+                inode.nlink -= 1
+            log.info("removing inode %d, unlinked while open before a crash", ino)
+            if inode.nlink <= 0:
+                t.drop_inode(ino)
+            else:
+                t.put_inode(ino, inode)
+
+    def destroy(self, path: str) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        for ino in list(self._dirty):
+            try:
+                self._flush_ino(ino)
+            except OSError as e:
+                log.error("inode %d: could not flush at unmount: %s", ino, e)
+        if self.reader is not None:
+            self.reader.close()
+        if self.store is not None:
+            self.store.close()
+        log.info("unmounted %s", self.store_path)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(min(1.0, self.config.flush_interval_s / 2)):
+            now = time.monotonic()
+            with self._mutex:
+                old = [i for i, d in self._dirty.items()
+                       if now - d.since >= self.config.flush_interval_s]
+            for ino in old:
+                try:
+                    self._flush_ino(ino)
+                except Exception as e:  # keep the data buffered, try again later
+                    log.error("inode %d: background flush failed: %s", ino, e)
+
+    def live_stats(self) -> dict:
+        """Counters of the running daemon (cache, decoding, write buffer)."""
+        with self._mutex:
+            dirty = sum(d.nbytes() for d in self._dirty.values())
+            out = {"dirty_bytes": dirty, "dirty_files": len(self._dirty),
+                   "open_files": len(self._handles), **self.stats}
+        out.update(self.cache.stats)
+        out.update(self.cache.sizes())
+        if self.reader is not None:
+            out.update(self.reader.stats)
+        return out
+
+    # -- helpers -----------------------------------------------------------
+    def _resolve(self, t: Txn, path: str) -> int:
+        ino = ROOT_INO
+        for part in path.split("/"):
+            if not part:
+                continue
+            inode = t.inode(ino)
+            if inode is None or not inode.is_dir:
+                raise _err(errno.ENOTDIR)
+            child = t.lookup(ino, _name(part))
+            if child is None:
+                raise _err(errno.ENOENT)
+            ino = child
+        return ino
+
+    def _split(self, t: Txn, path: str) -> tuple[int, bytes]:
+        """Parent inode (must be a directory) and name of *path*."""
+        head, _, tail = path.rstrip("/").rpartition("/")
+        parent = self._resolve(t, head)
+        inode = t.inode(parent)
+        if inode is None or not inode.is_dir:
+            raise _err(errno.ENOTDIR)
+        return parent, _name(tail)
+
+    def _ino(self, t: Txn, path: str | None, fh: int | None) -> int:
+        if fh is not None and fh in self._handles:
+            return self._handles[fh].ino
+        if path is None:
+            raise _err(errno.EBADF)
+        return self._resolve(t, path)
+
+    def _inode(self, t: Txn, ino: int) -> Inode:
+        inode = t.inode(ino)
+        if inode is None:
+            raise _err(errno.ENOENT)
+        return inode
+
+    def _touch_dir(self, t: Txn, ino: int, nlink_delta: int = 0) -> None:
+        inode = self._inode(t, ino)
+        inode.mtime_ns = inode.ctime_ns = time.time_ns()
+        inode.nlink += nlink_delta
+        t.put_inode(ino, inode)
+
+    def _new_inode(self, t: Txn, parent: int, mode: int, rdev: int = 0) -> tuple[int, Inode]:
+        uid, gid, _ = mfusepy.fuse_get_context()
+        pinode = self._inode(t, parent)
+        if pinode.mode & stat.S_ISGID:   # BSD group semantics under a setgid directory
+            gid = pinode.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        now = time.time_ns()
+        inode = Inode(mode, uid, gid, 2 if stat.S_ISDIR(mode) else 1, rdev=rdev,
+                      atime_ns=now, mtime_ns=now, ctime_ns=now)
+        ino = t.new_ino()
+        t.put_inode(ino, inode)
+        return ino, inode
+
+    def _create_entry(self, path: str, mode: int, rdev: int = 0,
+                      target: bytes | None = None) -> int:
+        def op(t: Txn) -> int:
+            parent, name = self._split(t, path)
+            if t.lookup(parent, name) is not None:
+                raise _err(errno.EEXIST)
+            ino, inode = self._new_inode(t, parent, mode, rdev)
+            if target is not None:
+                t.set_symlink(ino, target)
+                inode.size = len(target)
+                t.put_inode(ino, inode)
+            t.add_entry(parent, name, ino)
+            self._touch_dir(t, parent, 1 if stat.S_ISDIR(mode) else 0)
+            return ino
+        with self._mutex:
+            return self.store.write(op)
+
+    def _new_handle(self, ino: int, flags: int) -> int:
+        with self._mutex:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = Handle(ino, flags)
+            self._open[ino] += 1
+            return fh
+
+    def _attrs(self, ino: int, inode: Inode) -> dict:
+        d = self._dirty.get(ino)
+        size, mtime, ctime, nblocks = inode.size, inode.mtime_ns, inode.ctime_ns, inode.nblocks
+        if d is not None:
+            size, mtime, ctime = d.size, d.mtime_ns, max(ctime, d.ctime_ns)
+            nblocks += len(d.blocks)
+        return {"st_ino": ino, "st_mode": inode.mode, "st_nlink": inode.nlink,
+                "st_uid": inode.uid, "st_gid": inode.gid, "st_size": size,
+                "st_rdev": inode.rdev, "st_atime": inode.atime_ns, "st_mtime": mtime,
+                "st_ctime": ctime, "st_blksize": self.bs,
+                "st_blocks": min(nblocks * self.bs, (size + 511) // 512 * 512) // 512}
+
+    # -- attributes ------------------------------------------------------
+    def getattr(self, path: str | None, fh: int | None = None) -> dict:
+        def op(t: Txn) -> dict:
+            ino = self._ino(t, path, fh)
+            return self._attrs(ino, self._inode(t, ino))
+        with self._mutex:
+            return self.store.read(op)
+
+    def _setattr(self, path: str | None, fh: int | None, change) -> int:
+        def op(t: Txn) -> None:
+            ino = self._ino(t, path, fh)
+            inode = self._inode(t, ino)
+            change(ino, inode)
+            inode.ctime_ns = time.time_ns()
+            t.put_inode(ino, inode)
+        with self._mutex:
+            self.store.write(op)
+        return 0
+
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        def change(ino: int, inode: Inode) -> None:
+            inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+        return self._setattr(path, fh, change)
+
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        """-1 keeps a field.  The kernel itself sends the mode change that
+        drops set-user-ID / set-group-ID on a change of owner."""
+        def change(ino: int, inode: Inode) -> None:
+            if uid != -1:
+                inode.uid = uid
+            if gid != -1:
+                inode.gid = gid
+        return self._setattr(path, fh, change)
+
+    def utimens(self, path: str | None, times=None, fh: int | None = None) -> int:
+        now = time.time_ns()
+
+        def pick(ts: tuple[int, int] | None, old: int) -> int:
+            if ts is None or ts[1] == UTIME_NOW:
+                return now
+            if ts[1] == UTIME_OMIT:
+                return old
+            return ts[0] * 10**9 + ts[1]
+
+        def change(ino: int, inode: Inode) -> None:
+            a, m = times if times is not None else (None, None)
+            d = self._dirty.get(ino)
+            inode.atime_ns = pick(a, inode.atime_ns)
+            inode.mtime_ns = pick(m, d.mtime_ns if d else inode.mtime_ns)
+            if d is not None:
+                d.mtime_ns = inode.mtime_ns
+        return self._setattr(path, fh, change)
+
+    # -- directories -------------------------------------------------------
+    def mkdir(self, path: str, mode: int) -> int:
+        self._create_entry(path, stat.S_IFDIR | (mode & 0o7777))
+        return 0
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)):
+            raise _err(errno.EINVAL)
+        self._create_entry(path, mode, dev)
+        return 0
+
+    def symlink(self, path: str, target: str) -> int:
+        data = os.fsencode(target)
+        if len(data) >= 4096:
+            raise _err(errno.ENAMETOOLONG)
+        self._create_entry(path, stat.S_IFLNK | 0o777, target=data)
+        return 0
+
+    def readlink(self, path: str) -> str:
+        def op(t: Txn) -> bytes:
+            target = t.symlink(self._resolve(t, path))
+            if target is None:
+                raise _err(errno.EINVAL)
+            return target
+        return os.fsdecode(self.store.read(op))
+
+    def opendir(self, path: str) -> int:
+        ino = self.store.read(lambda t: self._resolve(t, path))
+        with self._mutex:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._dirs[fh] = ino
+            return fh
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        with self._mutex:
+            self._dirs.pop(fh, None)
+        return 0
+
+    def readdir(self, path: str | None, fh: int) -> list:
+        def op(t: Txn) -> list:
+            ino = self._dirs[fh] if fh in self._dirs else self._ino(t, path, None)
+            if not self._inode(t, ino).is_dir:
+                raise _err(errno.ENOTDIR)
+            out = [(".", {"st_ino": ino, "st_mode": stat.S_IFDIR}, 0),
+                   ("..", {"st_mode": stat.S_IFDIR}, 0)]
+            for name, child in t.entries(ino):
+                inode = t.inode(child)
+                if inode is not None:
+                    out.append((os.fsdecode(name), {"st_ino": child, "st_mode": inode.mode}, 0))
+            return out
+        return self.store.read(op)
+
+    def rmdir(self, path: str) -> int:
+        def op(t: Txn) -> None:
+            parent, name = self._split(t, path)
+            ino = t.lookup(parent, name)
+            if ino is None:
+                raise _err(errno.ENOENT)
+            if not self._inode(t, ino).is_dir:
+                raise _err(errno.ENOTDIR)
+            if t.has_entries(ino):
+                raise _err(errno.ENOTEMPTY)
+            t.del_entry(parent, name)
+            t.drop_inode(ino)
+            self._touch_dir(t, parent, -1)
+        with self._mutex:
+            self.store.write(op)
+        return 0
+
+    # -- links and names ---------------------------------------------------
+    def link(self, path: str, target: str) -> int:
+        """Hard link: new name *path* for the file at *target*."""
+        def op(t: Txn) -> None:
+            ino = self._resolve(t, target)
+            inode = self._inode(t, ino)
+            if inode.is_dir:
+                raise _err(errno.EPERM)
+            parent, name = self._split(t, path)
+            if t.lookup(parent, name) is not None:
+                raise _err(errno.EEXIST)
+            t.add_entry(parent, name, ino)
+            inode.nlink += 1
+            inode.ctime_ns = time.time_ns()
+            t.put_inode(ino, inode)
+            t.set_orphan(ino, False)
+            self._touch_dir(t, parent)
+        with self._mutex:
+            self.store.write(op)
+        return 0
+
+    def _unlink_inode(self, t: Txn, ino: int, inode: Inode) -> None:
+        """One name of *ino* is gone: drop it, or keep it as an orphan while open."""
+        inode.nlink -= 1
+        inode.ctime_ns = time.time_ns()
+        if inode.nlink > 0:
+            t.put_inode(ino, inode)
+        elif self._open[ino] > 0:
+            t.put_inode(ino, inode)
+            t.set_orphan(ino, True)
+        else:
+            t.drop_inode(ino)
+            self._dirty.pop(ino, None)
+
+    def unlink(self, path: str) -> int:
+        def op(t: Txn) -> None:
+            parent, name = self._split(t, path)
+            ino = t.lookup(parent, name)
+            if ino is None:
+                raise _err(errno.ENOENT)
+            inode = self._inode(t, ino)
+            if inode.is_dir:
+                raise _err(errno.EISDIR)
+            t.del_entry(parent, name)
+            if name.startswith(HIDDEN):
+                t.set_orphan(ino, False)
+            self._unlink_inode(t, ino, inode)
+            self._touch_dir(t, parent)
+        with self._mutex:
+            self.store.write(op)
+        return 0
+
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
+                flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise _err(errno.EINVAL)
+
+        def op(t: Txn) -> None:
+            op_, oname = self._split(t, old)
+            np_, nname = self._split(t, new)
+            src = t.lookup(op_, oname)
+            if src is None:
+                raise _err(errno.ENOENT)
+            dst = t.lookup(np_, nname)
+            sinode = self._inode(t, src)
+            now = time.time_ns()
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise _err(errno.ENOENT)
+                dinode = self._inode(t, dst)
+                t.add_entry(op_, oname, dst)
+                t.add_entry(np_, nname, src)
+                if op_ != np_ and sinode.is_dir != dinode.is_dir:
+                    self._touch_dir(t, op_, 1 if dinode.is_dir else -1)
+                    self._touch_dir(t, np_, 1 if sinode.is_dir else -1)
+                for ino, inode in ((src, sinode), (dst, dinode)):
+                    inode.ctime_ns = now
+                    t.put_inode(ino, inode)
+                self._touch_dir(t, op_)
+                self._touch_dir(t, np_)
+                return
+            if dst == src:
+                return   # two names of one file: POSIX says do nothing
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise _err(errno.EEXIST)
+                dinode = self._inode(t, dst)
+                if dinode.is_dir and not sinode.is_dir:
+                    raise _err(errno.EISDIR)
+                if sinode.is_dir and not dinode.is_dir:
+                    raise _err(errno.ENOTDIR)
+                if dinode.is_dir:
+                    if t.has_entries(dst):
+                        raise _err(errno.ENOTEMPTY)
+                    t.drop_inode(dst)
+                    self._touch_dir(t, np_, -1)
+                else:
+                    self._unlink_inode(t, dst, dinode)
+            t.del_entry(op_, oname)
+            t.add_entry(np_, nname, src)
+            if nname.startswith(HIDDEN):   # libfuse hiding an open file it unlinks
+                t.set_orphan(src, True, np_, nname)
+            sinode.ctime_ns = now
+            t.put_inode(src, sinode)
+            if sinode.is_dir and op_ != np_:
+                self._touch_dir(t, op_, -1)
+                self._touch_dir(t, np_, 1)
+            else:
+                self._touch_dir(t, op_)
+                self._touch_dir(t, np_)
+        with self._mutex:
+            self.store.write(op)
+        return 0
+
+    # -- extended attributes -------------------------------------------------
+    @staticmethod
+    def _xname(name: str) -> bytes:
+        if name.startswith("system.posix_acl"):
+            raise _err(errno.EOPNOTSUPP)   # ACLs are not kept; say so rather than ignore them
+        data = os.fsencode(name)
+        if not data or len(data) > 255:
+            raise _err(errno.ERANGE)
+        return data
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        if name == STATS_XATTR and path == "/":
+            raise _err(errno.EPERM)
+        key = self._xname(name)
+        if len(value) > 65536:
+            raise _err(errno.E2BIG)
+
+        def op(t: Txn) -> None:
+            ino = self._resolve(t, path)
+            inode = self._inode(t, ino)
+            exists = t.xattr(ino, key) is not None
+            if options & XATTR_CREATE and exists:
+                raise _err(errno.EEXIST)
+            if options & XATTR_REPLACE and not exists:
+                raise _err(errno.ENODATA)
+            t.set_xattr(ino, key, bytes(value))
+            inode.ctime_ns = time.time_ns()
+            t.put_inode(ino, inode)
+        with self._mutex:
+            self.store.write(op)
+        return 0
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if name == STATS_XATTR and path == "/":
+            return json.dumps(self.live_stats(), sort_keys=True).encode()
+        key = self._xname(name)
+        value = self.store.read(lambda t: t.xattr(self._resolve(t, path), key))
+        if value is None:
+            raise _err(errno.ENODATA)
+        return value
+
+    def listxattr(self, path: str) -> list[str]:
+        return [os.fsdecode(n) for n in
+                self.store.read(lambda t: t.xattr_names(self._resolve(t, path)))]
+
+    def removexattr(self, path: str, name: str) -> int:
+        key = self._xname(name)
+
+        def op(t: Txn) -> None:
+            ino = self._resolve(t, path)
+            inode = self._inode(t, ino)
+            if not t.del_xattr(ino, key):
+                raise _err(errno.ENODATA)
+            inode.ctime_ns = time.time_ns()
+            t.put_inode(ino, inode)
+        with self._mutex:
+            self.store.write(op)
+        return 0
+
+    # -- open files --------------------------------------------------------
+    def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
+        ino = self._create_entry(path, stat.S_IFREG | (mode & 0o7777))
+        return self._new_handle(ino, flags)
+
+    def open(self, path: str, flags: int) -> int:
+        ino = self.store.read(lambda t: self._resolve(t, path))
+        fh = self._new_handle(ino, flags)
+        if flags & os.O_TRUNC:
+            try:
+                self._truncate_ino(ino, 0)
+            except BaseException:
+                self.release(path, fh)
+                raise
+        return fh
+
+    def release(self, path: str | None, fh: int) -> int:
+        with self._mutex:
+            h = self._handles.get(fh)
+        if h is None:
+            return 0
+        try:
+            self._flush_ino(h.ino)
+        finally:
+            with self._mutex:
+                self._handles.pop(fh, None)
+                self._open[h.ino] -= 1
+                if self._open[h.ino] <= 0:
+                    del self._open[h.ino]
+                    self.store.write(lambda t: self._drop_if_orphan(t, h.ino))
+        return 0
+
+    def _drop_if_orphan(self, t: Txn, ino: int) -> None:
+        inode = t.inode(ino)
+        if inode is not None and inode.nlink == 0:
+            t.drop_inode(ino)
+            self._dirty.pop(ino, None)
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        with self._mutex:
+            h = self._handles.get(fh)
+        if h is not None:
+            self._flush_ino(h.ino)
+        self.store.sync()
+        return 0
+
+    def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
+        self.store.sync()
+        return 0
+
+    def statfs(self, path: str) -> dict:
+        disk = os.statvfs(self.store_path)
+        files = self.store.read(lambda t: t.inode_count())
+        return {"f_bsize": self.bs, "f_frsize": disk.f_frsize, "f_blocks": disk.f_blocks,
+                "f_bfree": disk.f_bfree, "f_bavail": disk.f_bavail,
+                "f_files": files + disk.f_ffree, "f_ffree": disk.f_ffree,
+                "f_favail": disk.f_favail, "f_namemax": NAME_MAX}
+
+    # -- data --------------------------------------------------------------
+    def _dirty_for(self, t: Txn, ino: int) -> Dirty:
+        d = self._dirty.get(ino)
+        if d is None:
+            inode = self._inode(t, ino)
+            d = self._dirty[ino] = Dirty(inode.size, inode.mtime_ns, inode.ctime_ns)
+        return d
+
+    def _load_blocks(self, ino: int, wanted) -> None:
+        """Bring blocks *wanted(d_or_None, size)* of *ino* into its write buffer,
+        decoding outside the mutex; returns with the mutex held and every
+        wanted block buffered (the caller must release it)."""
+        while True:
+            self._mutex.acquire()
+            try:
+                def look(t: Txn):
+                    d = self._dirty.get(ino)
+                    size = d.size if d else self._inode(t, ino).size
+                    need = [i for i in wanted(size) if not (d and i in d.blocks)]
+                    keys = {i: k for i, k in t.block_keys(ino, min(need), max(need)).items()
+                            if i in need} if need else {}
+                    return need, keys, self._frames(t, keys)
+                need, keys, (cached, frames) = self.store.read(look)
+                if not keys:
+                    d = self.store.read(lambda t: self._dirty_for(t, ino))
+                    for i in need:
+                        d.blocks.setdefault(i, bytearray())
+                        d.versions.setdefault(i, 0)
+                    return
+            except BaseException:
+                self._mutex.release()
+                raise
+            self._mutex.release()
+            data = self._fetch(ino, {i: k for i, k in keys.items() if i not in cached}, frames)
+            data.update(cached)
+            self._mutex.acquire()
+            try:
+                now = self.store.read(lambda t: t.block_keys(ino, min(need), max(need)))
+                d = self._dirty.get(ino)
+                if all(now.get(i) == k or (d and i in d.blocks) for i, k in keys.items()):
+                    d = self.store.read(lambda t: self._dirty_for(t, ino))
+                    for i in need:
+                        if i not in d.blocks:
+                            d.blocks[i] = bytearray(data.get(i, b""))
+                            d.versions[i] = 0
+                    return
+            except BaseException:
+                self._mutex.release()
+                raise
+            self._mutex.release()   # a flush moved the block meanwhile: look again
+
+    def _frames(self, t: Txn, keys: dict[int, bytes]) -> tuple[dict[int, bytes], dict]:
+        """Split blocks *keys* into cached content and frames still to decode."""
+        cached, frames = {}, {}
+        for i, k in keys.items():
+            hit = self.cache.get(k)
+            if hit is not None:
+                cached[i] = hit
+            else:
+                frames[k] = t.frame(k)
+        return cached, frames
+
+    def _fetch(self, ino: int, keys: dict[int, bytes], frames: dict[bytes, bytes | None],
+               extra: dict[bytes, bytes] | None = None) -> dict[int, bytes]:
+        """Decode blocks *keys* (index -> key) from *frames*; *extra* frames are
+        decoded in the same batch for the cache only (readahead).  A missing or
+        damaged block is EIO for this read, logged with inode and offset."""
+        for i, k in keys.items():
+            if frames.get(k) is None:
+                log.error("inode %d offset %d: block %s missing from the store",
+                          ino, i * self.bs, k.hex()[:16])
+                raise _err(errno.EIO)
+        todo = {**(extra or {}), **{k: frames[k] for k in keys.values()}}
+        if not todo:
+            return {}
+        self.stats["readahead_blocks"] += len(extra or {})
+        results = self.reader.decode(todo)
+        out: dict[int, bytes] = {}
+        for i, k in keys.items():
+            r = results[k]
+            if isinstance(r, FrameError):
+                self.stats["read_errors"] += 1
+                log.error("inode %d offset %d: unreadable block %s: %s",
+                          ino, i * self.bs, k.hex()[:16], r)
+                raise _err(errno.EIO)
+            out[i] = r
+        return out
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        bs = self.bs
+        ra = self.config.readahead_blocks
+
+        def look(t: Txn):
+            h = self._handles.get(fh)
+            ino = h.ino if h else self._resolve(t, path)
+            d = self._dirty.get(ino)
+            fsize = d.size if d else self._inode(t, ino).size
+            end = min(offset + size, fsize)
+            if end <= offset:
+                return ino, end, {}, {}, {}, {}
+            first, last = offset // bs, (end - 1) // bs
+            buffered = {i: bytes(d.blocks[i]) for i in range(first, last + 1)
+                        if d and i in d.blocks}
+            seq = h is not None and (offset == h.next_offset or offset == 0)
+            if h is not None:
+                h.next_offset = end
+            keys = {i: k for i, k in t.block_keys(ino, first, last + (ra if seq else 0)).items()
+                    if i not in buffered}
+            now = {i: k for i, k in keys.items() if i <= last}
+            cached, frames = self._frames(t, now)
+            extra = {}
+            if seq and any(f is not None and is_llm(f) for f in frames.values()):
+                for i, k in keys.items():   # readahead: the next llm blocks, same batch
+                    if i > last and k not in frames and k not in self.cache:
+                        f = t.frame(k)
+                        if f is not None and is_llm(f):
+                            extra[k] = f
+            buffered.update(cached)
+            return ino, end, buffered, {i: k for i, k in now.items() if i not in cached}, \
+                frames, extra
+
+        with self._mutex:
+            ino, end, buffered, keys, frames, extra = self.store.read(look)
+        if end <= offset:
+            return b""
+        data = self._fetch(ino, keys, frames, extra)
+        data.update(buffered)
+        out = bytearray(end - offset)
+        for i in range(offset // bs, (end - 1) // bs + 1):
+            block = data.get(i)
+            if not block:
+                continue   # a hole reads as zeros
+            start = i * bs
+            lo, hi = max(offset, start), min(end, start + len(block))
+            if hi > lo:
+                out[lo - offset:hi - offset] = block[lo - start:hi - start]
+        return bytes(out)
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        bs = self.bs
+        with self._mutex:
+            h = self._handles.get(fh)
+            ino = h.ino if h else self.store.read(lambda t: self._resolve(t, path))
+            if h is not None and h.flags & os.O_APPEND:
+                d = self._dirty.get(ino)
+                offset = d.size if d else self.store.read(lambda t: self._inode(t, ino).size)
+        if not data:
+            return 0
+        end = offset + len(data)
+        first, last = offset // bs, (end - 1) // bs
+
+        def partial(size: int) -> list[int]:
+            # blocks that keep old bytes: the write covers them only in part,
+            # and they hold data (they start below the current size)
+            out = []
+            for i in {first, last}:
+                covers = offset <= i * bs and end >= min((i + 1) * bs, max(size, end))
+                if not covers and i * bs < size:
+                    out.append(i)
+            return sorted(out)
+
+        self._load_blocks(ino, partial)
+        try:
+            d = self.store.read(lambda t: self._dirty_for(t, ino))
+            view = memoryview(data)
+            for i in range(first, last + 1):
+                lo, hi = max(offset, i * bs), min(end, (i + 1) * bs)
+                if i not in d.blocks:
+                    d.blocks[i] = bytearray()
+                    d.versions[i] = 0
+                d.write(i, lo - i * bs, view[lo - offset:hi - offset])
+            d.size = max(d.size, end)
+            d.mtime_ns = d.ctime_ns = time.time_ns()
+            d.attrs_dirty = True
+            full = len(d.blocks) >= self.config.file_flush_blocks
+            over = sum(x.nbytes() for x in self._dirty.values()) > self.config.dirty_mib * MiB
+        finally:
+            self._mutex.release()
+        if full or over:
+            self._flush_ino(ino, keep_tail=True)
+        return len(data)
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        with self._mutex:
+            ino = self.store.read(lambda t: self._ino(t, path, fh))
+        self._truncate_ino(ino, length)
+        return 0
+
+    def _truncate_ino(self, ino: int, length: int) -> None:
+        bs = self.bs
+        with self._flush_lock(ino):
+            cut = length // bs if length % bs else None
+
+            def wanted(size: int) -> list[int]:
+                return [cut] if cut is not None and cut * bs < size else []
+
+            self._load_blocks(ino, wanted)
+            try:
+                def op(t: Txn) -> None:
+                    inode = self._inode(t, ino)
+                    if inode.is_dir:
+                        raise _err(errno.EISDIR)
+                    d = self._dirty_for(t, ino)
+                    keep = -(-length // bs)   # blocks 0..keep-1 survive
+                    d.drop_from(keep)
+                    if cut is not None and cut in d.blocks and len(d.blocks[cut]) > length % bs:
+                        d.cut(cut, length % bs)
+                    inode.nblocks -= t.truncate_blocks(ino, keep)
+                    now = time.time_ns()
+                    d.size = inode.size = length
+                    d.mtime_ns = d.ctime_ns = inode.mtime_ns = inode.ctime_ns = now
+                    t.put_inode(ino, inode)
+                self.store.write(op)
+            finally:
+                self._mutex.release()
+
+    def _flush_lock(self, ino: int) -> threading.Lock:
+        with self._mutex:
+            return self._flush_locks.setdefault(ino, threading.Lock())
+
+    def _flush_ino(self, ino: int, keep_tail: bool = False) -> None:
+        """Commit *ino*'s buffered blocks as fast zstd frames in one transaction.
+        *keep_tail* leaves a partial last block buffered (more appends coming)."""
+        with self._flush_lock(ino):
+            with self._mutex:
+                d = self._dirty.get(ino)
+                if d is None:
+                    return
+                skip: set[int] = set()
+                if keep_tail and d.size % self.bs:
+                    skip.add(d.size // self.bs)
+                snap = d.snapshot(skip)
+            frames = {i: self._encode(raw) for i, (raw, _) in snap.blocks.items()}
+            with self._mutex:
+                self.store.write(lambda t: self._commit(t, ino, snap, frames))
+                d = self._dirty.get(ino)
+                if d is not None and d.settle(snap):
+                    del self._dirty[ino]
+                self.stats["flushes"] += 1
+
+    def _encode(self, raw: bytes) -> tuple[bytes, bytes | None]:
+        key = block_key(raw)
+        if self.store.read(lambda t: t.has_block(key)):
+            return key, None
+        return key, fast_frame(raw, self.config.write_zstd_level)
+
+    def _commit(self, t: Txn, ino: int, snap: Snapshot, frames: dict) -> None:
+        inode = t.inode(ino)
+        if inode is None:
+            return   # deleted while we encoded
+        for i, (key, frame) in frames.items():
+            if not snap.blocks[i][0].strip(b"\0"):
+                inode.nblocks += t.clear_block(ino, i)   # all zeros: keep a hole
+                continue
+            if frame is None and not t.has_block(key):
+                frame = fast_frame(snap.blocks[i][0], self.config.write_zstd_level)
+            inode.nblocks += t.set_block(ino, i, key, frame)
+        inode.size = snap.size
+        inode.mtime_ns = snap.mtime_ns
+        inode.ctime_ns = max(inode.ctime_ns, snap.ctime_ns)
+        t.put_inode(ino, inode)

@@ -1,0 +1,412 @@
+"""The LMDB environment: opening, locking, growing, and one transaction type.
+
+Every state change runs as one write transaction (``Store.write(fn)``): it
+commits whole or not at all, so a killed daemon leaves the last committed
+state.  The environment syncs data pages on every commit but not the meta
+page (``metasync=False``): LMDB keeps two meta pages, so a system crash can
+lose at most the last commit, never the integrity of the store.
+
+A store is served by one process at a time, enforced by an ``flock`` on
+``STORE/llmfs.lock`` (LMDB itself would happily let two writers interleave
+their transactions, which is not what an admin who mounted twice wants).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from .schema import (DATABASES, FORMAT_VERSION, ROOT_INO, Inode, fmap_index, fmap_key,
+                     ino_key, ino_of, pack_ref, unpack_ref)
+
+T = TypeVar("T")
+_MIN_MAP = 1 << 30
+_LOCKFILE = "llmfs.lock"
+_DISK_RESERVE = 16 << 20   # a failed commit with less free than this is "disk full"
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked; the message is meant for the admin."""
+
+
+class StoreLock:
+    """Exclusive use of a store by one process (daemon or offline tool).
+
+    The lock lives on an open file description, so it survives the fork of
+    FUSE's daemonisation and ends when the last process holding it exits."""
+
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
+        if not (path / "data.mdb").exists():
+            raise StoreError(f"{path}: not an llmfs store (run `llmfs mkfs {path}` first)")
+        self.fd = os.open(path / _LOCKFILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise StoreError(f"{path}: store is in use by another llmfs process"
+                             + (f" (pid {holder})" if holder else "")) from None
+        self.note_pid()
+
+    def note_pid(self) -> None:
+        """Record the holder's pid (called again after daemonising)."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Gate:
+    """Many transactions at once, or one map resize alone (LMDB requires that
+    no transaction of this process is open while the map size changes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Store:
+    """An open store.  Use :meth:`read` and :meth:`write` with a function of a
+    :class:`Txn`; they return what the function returns."""
+
+    def __init__(self, path: Path | str, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if not (self.path / "data.mdb").exists():
+            raise StoreError(f"{self.path}: not an llmfs store (run `llmfs mkfs {self.path}` first)")
+        size = max(_MIN_MAP, 2 * (self.path / "data.mdb").stat().st_size)
+        try:
+            self.env = lmdb.open(str(self.path), map_size=size, max_dbs=len(DATABASES) + 2,
+                                 readonly=readonly, metasync=False, sync=True, readahead=False,
+                                 max_readers=256)
+        except lmdb.Error as e:
+            raise StoreError(f"{self.path}: cannot open store: {e}") from None
+        self.readonly = readonly
+        self.dbs = {name: self.env.open_db(name.encode(), create=False) for name in DATABASES} \
+            if readonly else {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self._gate = _Gate()
+        version = self.read(lambda t: t.meta("format"))
+        if version is None:
+            raise StoreError(f"{self.path}: not an llmfs store (no format version)")
+        if int(version) > FORMAT_VERSION:
+            self.close()
+            raise StoreError(f"{self.path}: store format {version} is newer than this llmfs "
+                             f"understands ({FORMAT_VERSION}); upgrade llmfs")
+        self.block_size = int(self.read(lambda t: t.meta("block_size")))
+
+    @classmethod
+    def create(cls, path: Path | str, block_size: int, models: dict[bytes, bytes],
+               uid: int | None = None, gid: int | None = None) -> "Store":
+        """Make a new, empty store holding *models* (short id -> model file;
+        the first is the default the compactor encodes with)."""
+        path = Path(path)
+        if block_size < 4096 or block_size > (1 << 24) or block_size & (block_size - 1):
+            raise StoreError(f"block size {block_size}: must be a power of two, 4 KiB to 16 MiB")
+        if (path / "data.mdb").exists():
+            raise StoreError(f"{path}: already an llmfs store")
+        if path.exists() and any(path.iterdir()):
+            raise StoreError(f"{path}: directory is not empty")
+        path.mkdir(parents=True, exist_ok=True)
+        env = lmdb.open(str(path), map_size=_MIN_MAP, max_dbs=len(DATABASES) + 2)
+        now = time.time_ns()
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name.encode(), txn=txn) for name in DATABASES}
+            meta = {"format": FORMAT_VERSION, "block_size": block_size, "next_ino": ROOT_INO + 1,
+                    "created_ns": now}
+            if models:
+                meta["model"] = next(iter(models)).hex()
+            for k, v in meta.items():
+                txn.put(k.encode(), str(v).encode(), db=dbs["meta"])
+            root = Inode(0o40755, os.getuid() if uid is None else uid,
+                         os.getgid() if gid is None else gid, 2,
+                         atime_ns=now, mtime_ns=now, ctime_ns=now)
+            txn.put(ino_key(ROOT_INO), root.pack(), db=dbs["inodes"])
+            for short, data in models.items():
+                txn.put(short, data, db=dbs["models"])
+        env.close()
+        return cls(path)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- transactions -----------------------------------------------------
+    def read(self, fn: Callable[["Txn"], T]) -> T:
+        with self._gate.shared(), self.env.begin(buffers=False) as txn:
+            return fn(Txn(txn, self))
+
+    def write(self, fn: Callable[["Txn"], T]) -> T:
+        """Run *fn* in one write transaction; grow the map and retry when full.
+        Disk full surfaces as ``OSError(ENOSPC)`` with nothing committed."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        for _ in range(40):
+            try:
+                with self._gate.shared(), self.env.begin(write=True) as txn:
+                    return fn(Txn(txn, self))
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as e:
+                if self._disk_full(e):
+                    raise OSError(errno.ENOSPC, "store disk is full") from e
+                raise
+        raise StoreError("store map could not grow")
+
+    def _disk_full(self, e: lmdb.Error) -> bool:
+        """LMDB reports a short write at a full disk as EIO; tell the two apart."""
+        if "No space left" in str(e):
+            return True
+        disk = os.statvfs(self.path)
+        return disk.f_bavail * disk.f_frsize < _DISK_RESERVE
+
+    def _grow(self) -> None:
+        with self._gate.exclusive():
+            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+
+class Txn:
+    """Schema-level operations inside one LMDB transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, store: Store) -> None:
+        self.txn = txn
+        self.store = store
+        self.db = store.dbs
+
+    # -- meta and counters -------------------------------------------------
+    def meta(self, name: str) -> str | None:
+        v = self.txn.get(name.encode(), db=self.db["meta"])
+        return None if v is None else v.decode()
+
+    def set_meta(self, name: str, value: object) -> None:
+        self.txn.put(name.encode(), str(value).encode(), db=self.db["meta"])
+
+    def count(self, name: str, delta: int = 1) -> None:
+        key = name.encode()
+        cur = self.txn.get(key, db=self.db["counters"])
+        n = (int.from_bytes(cur, "little") if cur else 0) + delta
+        self.txn.put(key, n.to_bytes(8, "little"), db=self.db["counters"])
+
+    def counters(self) -> dict[str, int]:
+        return {k.decode(): int.from_bytes(v, "little")
+                for k, v in self.txn.cursor(db=self.db["counters"])}
+
+    # -- inodes ----------------------------------------------------------------
+    def new_ino(self) -> int:
+        ino = int(self.meta("next_ino"))
+        self.set_meta("next_ino", ino + 1)
+        return ino
+
+    def inode(self, ino: int) -> Inode | None:
+        v = self.txn.get(ino_key(ino), db=self.db["inodes"])
+        return None if v is None else Inode.unpack(v)
+
+    def put_inode(self, ino: int, inode: Inode) -> None:
+        self.txn.put(ino_key(ino), inode.pack(), db=self.db["inodes"])
+
+    def drop_inode(self, ino: int) -> None:
+        """Delete an inode and everything hanging off it (blocks are unreferenced)."""
+        self.truncate_blocks(ino, 0)
+        k = ino_key(ino)
+        for name in ("inodes", "symlinks", "orphans"):
+            self.txn.delete(k, db=self.db[name])
+        for name in self.xattr_names(ino):
+            self.txn.delete(k + name, db=self.db["xattrs"])
+
+    def inode_count(self) -> int:
+        return self.txn.stat(self.db["inodes"])["entries"]
+
+    def set_orphan(self, ino: int, orphan: bool, parent: int = 0, name: bytes = b"") -> None:
+        """Mark *ino* as needing removal after a crash: unlinked while open
+        (no name), or living under a temporary *name* in *parent*."""
+        if orphan:
+            where = ino_key(parent) + name if name else b""
+            self.txn.put(ino_key(ino), where, db=self.db["orphans"])
+        else:
+            self.txn.delete(ino_key(ino), db=self.db["orphans"])
+
+    def orphans(self) -> list[tuple[int, int, bytes]]:
+        """(ino, parent, name) of each orphan; parent 0 when it has no name."""
+        return [(ino_of(k), ino_of(v) if v else 0, v[8:])
+                for k, v in self.txn.cursor(db=self.db["orphans"])]
+
+    # -- directory entries -------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        v = self.txn.get(ino_key(parent) + name, db=self.db["dirents"])
+        return None if v is None else ino_of(v)
+
+    def add_entry(self, parent: int, name: bytes, ino: int) -> None:
+        self.txn.put(ino_key(parent) + name, ino_key(ino), db=self.db["dirents"])
+
+    def del_entry(self, parent: int, name: bytes) -> None:
+        self.txn.delete(ino_key(parent) + name, db=self.db["dirents"])
+
+    def entries(self, parent: int) -> Iterator[tuple[bytes, int]]:
+        prefix = ino_key(parent)
+        cur = self.txn.cursor(db=self.db["dirents"])
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                yield k[8:], ino_of(v)
+
+    def has_entries(self, parent: int) -> bool:
+        return next(self.entries(parent), None) is not None
+
+    # -- symlinks and xattrs -------------------------------------------------
+    def symlink(self, ino: int) -> bytes | None:
+        return self.txn.get(ino_key(ino), db=self.db["symlinks"])
+
+    def set_symlink(self, ino: int, target: bytes) -> None:
+        self.txn.put(ino_key(ino), target, db=self.db["symlinks"])
+
+    def xattr(self, ino: int, name: bytes) -> bytes | None:
+        return self.txn.get(ino_key(ino) + name, db=self.db["xattrs"])
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.txn.put(ino_key(ino) + name, value, db=self.db["xattrs"])
+
+    def del_xattr(self, ino: int, name: bytes) -> bool:
+        return self.txn.delete(ino_key(ino) + name, db=self.db["xattrs"])
+
+    def xattr_names(self, ino: int) -> list[bytes]:
+        prefix = ino_key(ino)
+        cur = self.txn.cursor(db=self.db["xattrs"])
+        out = []
+        if cur.set_range(prefix):
+            for k in cur.iternext(values=False):
+                if not k.startswith(prefix):
+                    break
+                out.append(k[8:])
+        return out
+
+    # -- file blocks -----------------------------------------------------------
+    def block_keys(self, ino: int, first: int, last: int) -> dict[int, bytes]:
+        """Block keys of blocks first..last (inclusive) of a file; holes are absent."""
+        out: dict[int, bytes] = {}
+        cur = self.txn.cursor(db=self.db["fmap"])
+        end = fmap_key(ino, last)
+        if cur.set_range(fmap_key(ino, first)):
+            for k, v in cur:
+                if k > end:
+                    break
+                out[fmap_index(k)] = v
+        return out
+
+    def frame(self, key: bytes) -> bytes | None:
+        return self.txn.get(key, db=self.db["blocks"])
+
+    def has_block(self, key: bytes) -> bool:
+        return self.txn.get(key, db=self.db["refs"]) is not None
+
+    def set_block(self, ino: int, index: int, key: bytes, frame: bytes | None) -> int:
+        """Map block *index* of *ino* to *key*, storing *frame* if the block is
+        new (``frame`` may be None only when :meth:`has_block`).  Returns the
+        change in the file's stored block count (0 or 1)."""
+        fk = fmap_key(ino, index)
+        old = self.txn.get(fk, db=self.db["fmap"])
+        if old == key:
+            return 0
+        ref = self.txn.get(key, db=self.db["refs"])
+        if ref is None:
+            if frame is None:
+                raise KeyError("block is not stored and no frame was given")
+            self.txn.put(key, frame, db=self.db["blocks"])
+            self.txn.put(key, pack_ref(1, time.time_ns()), db=self.db["refs"])
+        else:
+            n, written = unpack_ref(ref)
+            self.txn.put(key, pack_ref(n + 1, written), db=self.db["refs"])
+        self.txn.put(fk, key, db=self.db["fmap"])
+        if old is not None:
+            self._unref(old)
+            return 0
+        return 1
+
+    def clear_block(self, ino: int, index: int) -> int:
+        """Make block *index* a hole; returns the change in stored block count."""
+        fk = fmap_key(ino, index)
+        old = self.txn.get(fk, db=self.db["fmap"])
+        if old is None:
+            return 0
+        self.txn.delete(fk, db=self.db["fmap"])
+        self._unref(old)
+        return -1
+
+    def truncate_blocks(self, ino: int, first: int) -> int:
+        """Drop blocks first.. of a file; returns how many were dropped."""
+        gone = list(self.block_keys(ino, first, (1 << 64) - 1).items())
+        for index, key in gone:
+            self.txn.delete(fmap_key(ino, index), db=self.db["fmap"])
+            self._unref(key)
+        return len(gone)
+
+    def stored_blocks(self) -> Iterator[bytes]:
+        """Every stored block key."""
+        return self.txn.cursor(db=self.db["blocks"]).iternext(values=False)
+
+    def replace_frame(self, key: bytes, frame: bytes) -> bool:
+        """Swap the stored frame of a block (the compactor's re-encode); False
+        when the block is no longer stored."""
+        if self.txn.get(key, db=self.db["refs"]) is None:
+            return False
+        self.txn.put(key, frame, db=self.db["blocks"])
+        return True
+
+    def _unref(self, key: bytes) -> None:
+        ref = self.txn.get(key, db=self.db["refs"])
+        if ref is None:
+            return
+        n, written = unpack_ref(ref)
+        if n <= 1:
+            self.txn.delete(key, db=self.db["refs"])
+            self.txn.delete(key, db=self.db["blocks"])
+        else:
+            self.txn.put(key, pack_ref(n - 1, written), db=self.db["refs"])
+
+    # -- models ------------------------------------------------------------
+    def models(self) -> dict[bytes, bytes]:
+        return dict(self.txn.cursor(db=self.db["models"]))
+
+    def put_model(self, short_id: bytes, data: bytes) -> None:
+        self.txn.put(short_id, data, db=self.db["models"])

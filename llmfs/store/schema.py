@@ -1,0 +1,101 @@
+"""LMDB schema: sub-database names, key layouts and the inode record.
+
+Keys are big-endian so LMDB's byte order is numeric order: a cursor over
+``fmap`` walks one file's blocks in offset order, one over ``dirents`` walks a
+directory's entries.
+
+=========  ==============================  =================================
+database   key                             value
+=========  ==============================  =================================
+meta       name (ascii)                    value (format, block size, ...)
+inodes     ino u64                         :class:`Inode` record
+dirents    parent ino u64 + name           child ino u64
+symlinks   ino u64                         target bytes
+xattrs     ino u64 + name                  value
+fmap       ino u64 + block index u64       block key (blake2b-256 of raw)
+blocks     block key                       frame (see ``codec.frame``)
+refs       block key                       refcount u32 + written ns u64
+models     model short id (8 bytes)        model file bytes
+orphans    ino u64                         b"" (unlinked while open)
+counters   name (ascii)                    u64
+=========  ==============================  =================================
+"""
+from __future__ import annotations
+
+import hashlib
+import stat
+import struct
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+ROOT_INO = 1
+DATABASES = ("meta", "inodes", "dirents", "symlinks", "xattrs", "fmap", "blocks", "refs",
+             "models", "orphans", "counters")
+
+_U64 = struct.Struct(">Q")
+_U64x2 = struct.Struct(">QQ")
+_REF = struct.Struct("<IQ")
+_INODE = struct.Struct("<IIIIQQqqqQ")
+
+
+def block_key(raw: bytes) -> bytes:
+    """Content address of a block: identical blocks share one frame.  A
+    cryptographic hash, so crafted collisions cannot swap one user's data
+    for another's."""
+    return hashlib.blake2b(raw, digest_size=32).digest()
+
+
+def ino_key(ino: int) -> bytes:
+    return _U64.pack(ino)
+
+
+def ino_of(key: bytes) -> int:
+    return _U64.unpack_from(key)[0]
+
+
+def fmap_key(ino: int, index: int) -> bytes:
+    return _U64x2.pack(ino, index)
+
+
+def fmap_index(key: bytes) -> int:
+    return _U64x2.unpack(key)[1]
+
+
+def pack_ref(count: int, written_ns: int) -> bytes:
+    return _REF.pack(count, written_ns)
+
+
+def unpack_ref(value: bytes) -> tuple[int, int]:
+    return _REF.unpack(value)
+
+
+@dataclass
+class Inode:
+    """One inode's attributes.  ``nblocks`` counts the file's stored (non-hole)
+    blocks, so ``st_blocks`` is known without walking the block map."""
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int = 0
+    rdev: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    nblocks: int = 0
+
+    def pack(self) -> bytes:
+        return _INODE.pack(self.mode, self.uid, self.gid, self.nlink, self.size, self.rdev,
+                           self.atime_ns, self.mtime_ns, self.ctime_ns, self.nblocks)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Inode":
+        return cls(*_INODE.unpack(data))
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
