@@ -9,6 +9,8 @@ SAMPLES := $(filter-out %/README.md,$(wildcard llmfs/samples/*))
 .PHONY: demo test bench model clean
 
 $(STAMP): pyproject.toml
+	command -v fusermount3 >/dev/null && command -v fio >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3 fio)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -324,3 +325,13 @@ def test_live_stats_and_cache(mounted):
     assert st["plain_blocks_decoded"] == 5 and st["hot_hits"] >= 5
     with pytest.raises(OSError):
         os.setxattr(mounted.mnt, "user.llmfs.stats", b"{}")
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed")
+def test_fio_verify_four_jobs(mounted):
+    r = subprocess.run(["fio", "--name=verify", f"--directory={mounted.mnt}", "--size=16m",
+                        "--bs=4k", "--rw=randwrite", "--numjobs=4", "--verify=crc32c",
+                        "--do_verify=1", "--verify_fatal=1", "--ioengine=psync",
+                        "--output-format=terse"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verify" in r.stdout and "bad" not in r.stderr.lower()

@@ -1,7 +1,9 @@
 """``llmfs mkfs / mount / umount``: making and serving a store."""
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import click
@@ -100,8 +102,32 @@ def mount(store: str, mountpoint: str, foreground: bool, options: tuple[str, ...
 @click.argument("mountpoint", type=click.Path())
 @click.option("-z", "--lazy", is_flag=True, help="Detach now, finish when no longer busy.")
 def umount(mountpoint: str, lazy: bool) -> None:
-    """Unmount an llmfs mount (its daemon flushes and exits)."""
+    """Unmount an llmfs mount; waits until its daemon has flushed and exited,
+    so the store can be mounted or checked again right away."""
+    pid = _daemon_pid(mountpoint)
     r = subprocess.run(["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint],
                        capture_output=True, text=True)
     if r.returncode:
         raise click.ClickException(r.stderr.strip() or f"fusermount3 failed ({r.returncode})")
+    deadline = time.monotonic() + 300
+    while pid and not lazy and Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"daemon {pid} still running after unmount")
+        time.sleep(0.05)
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the daemon serving *mountpoint* (from its store's lock file)."""
+    target = os.path.realpath(mountpoint)
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        source, where, fstype = line.split()[:3]
+        if fstype == "fuse.llmfs" and where == target and source.startswith("llmfs:"):
+            try:
+                return int((Path(source[6:]) / "llmfs.lock").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+    return None
