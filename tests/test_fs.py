@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import threading
 import pytest
 
 from llmfs.store import Store
+
+from conftest import Mounted
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -335,3 +338,76 @@ def test_fio_verify_four_jobs(mounted):
                         "--output-format=terse"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "verify" in r.stdout and "bad" not in r.stderr.lower()
+
+
+def test_fallocate_punch_and_zero(mounted):
+    p = mounted.path("f")
+    data = bytearray(os.urandom(4 * BS))
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, 6 * BS)                  # mode 0: grows the file
+        data += bytes(2 * BS)
+        assert os.fstat(fd).st_size == 6 * BS
+        punch = 0x01 | 0x02                                # KEEP_SIZE | PUNCH_HOLE
+        if libc.fallocate(fd, punch, ctypes.c_long(100), ctypes.c_long(2 * BS + 50)):
+            raise OSError(ctypes.get_errno(), "fallocate")
+        data[100:2 * BS + 150] = bytes(2 * BS + 50)
+        assert os.fstat(fd).st_size == 6 * BS
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == data
+    assert os.stat(p).st_blocks * 512 <= 3 * BS            # block 1 became a hole
+    mounted.stop()
+    mounted.start()
+    assert p.read_bytes() == data
+
+
+def test_sigterm_flushes_and_unmounts(mounted):
+    data = os.urandom(3 * BS)
+    fd = os.open(mounted.path("f"), os.O_WRONLY | os.O_CREAT)
+    os.write(fd, data)                                     # buffered, not fsynced
+    os.close(fd)
+    mounted.proc.send_signal(signal.SIGTERM)
+    assert mounted.proc.wait(60) == 0
+    assert not os.path.ismount(mounted.mnt)
+    mounted.proc = None
+    mounted.start()
+    assert mounted.path("f").read_bytes() == data
+
+
+@pytest.fixture()
+def small_disk_mount(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {r.stderr.decode().strip()}")
+    m = Mounted(disk)
+    m.mkfs()
+    m.start()
+    yield m
+    m.stop()
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_disk_full_is_enospc(small_disk_mount):
+    m = small_disk_mount
+    kept = os.urandom(BS)
+    with open(m.path("kept"), "wb") as f:
+        f.write(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    with pytest.raises(OSError) as e:
+        with open(m.path("big"), "wb") as f:
+            for _ in range(64):                            # 16 MiB of random data
+                f.write(os.urandom(4 * BS))
+                f.flush()
+            os.fsync(f.fileno())
+    assert e.value.errno == errno.ENOSPC
+    os.unlink(m.path("big"))
+    assert m.path("kept").read_bytes() == kept
+    m.stop()
+    m.start()
+    assert m.path("kept").read_bytes() == kept

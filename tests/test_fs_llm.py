@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 from llmfs.codec.frame import Codec
@@ -35,10 +37,25 @@ def test_llm_blocks_read_back_with_readahead(tmp_path, model):
 
     m.start()
     try:
-        with open(m.path("gpl.txt"), "rb") as f:       # sequential 4 KiB reads
-            got = b"".join(iter(lambda: f.read(4096), b""))
-        assert got == data
-        assert m.path("random").stat().st_size == 8192
+        got = []
+
+        def reader() -> None:                           # sequential 4 KiB reads, cold
+            with open(m.path("gpl.txt"), "rb") as f:
+                got.append(b"".join(iter(lambda: f.read(4096), b"")))
+
+        t = threading.Thread(target=reader)
+        t.start()
+        waits = []
+        while t.is_alive():                             # the model must not stall others
+            t0 = time.perf_counter()
+            assert m.path("random").stat().st_size == 8192
+            assert len(m.path("random").read_bytes()) == 8192
+            os.listdir(m.mnt)
+            waits.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        t.join()
+        assert got == [data]
+        assert len(waits) >= 5 and max(waits) < 0.5, waits
         live = json.loads(os.getxattr(m.mnt, "user.llmfs.stats"))
         assert live["readahead_blocks"] > 0
         assert live["llm_batches"] < live["llm_blocks_decoded"]   # decoded in batches

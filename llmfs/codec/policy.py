@@ -15,11 +15,16 @@ from dataclasses import dataclass
 
 import zstandard
 
-from ..model.modelfile import LanguageModel
+from typing import TYPE_CHECKING
+
+from ..model import ModelFile
 from .frame import Codec, Frame, FrameError, checksum
-from .llm import LLMCodec
 from .plain import unzstd
 from .workers import LLMPool
+
+if TYPE_CHECKING:
+    from ..model.modelfile import LanguageModel
+    from .llm import LLMCodec
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +37,21 @@ class Policy:
     min_llm_bytes: int = 64     # tiny blocks are not worth a model call
 
 
+def _in_process(model: LanguageModel | ModelFile) -> LLMCodec:
+    from ..model.modelfile import LanguageModel
+    from .llm import LLMCodec
+
+    if isinstance(model, ModelFile):
+        model = LanguageModel.from_bytes(model.data)
+    return LLMCodec(model)
+
+
 class BlockCodec:
     """Encodes and decodes block frames; holds the models it may use."""
 
-    def __init__(self, model: LanguageModel | None = None, policy: Policy = Policy(),
-                 extra_models: tuple[LanguageModel, ...] = (), workers: int = 0) -> None:
+    def __init__(self, model: LanguageModel | ModelFile | None = None, policy: Policy = Policy(),
+                 extra_models: tuple[LanguageModel | ModelFile, ...] = (),
+                 workers: int = 0) -> None:
         """*workers* >= 1 runs the model in that many single-thread processes
         (the GIL stays free for the caller); 0 runs it in this thread."""
         self.policy = policy
@@ -44,14 +59,19 @@ class BlockCodec:
         self.llm: dict[bytes, LLMCodec | LLMPool] = {}
         for m in (model, *extra_models):
             if m is not None:
-                self.llm[m.short_id] = LLMPool(m, workers) if workers >= 1 else LLMCodec(m)
+                self.llm[m.short_id] = LLMPool(m, workers) if workers >= 1 else _in_process(m)
         self.counters: Counter[str] = Counter()
 
     @classmethod
     def from_model_files(cls, files: list[bytes], workers: int = 0) -> "BlockCodec":
         """A decoder for every model in *files* (model file bytes, e.g. a
         store's models); the first one also encodes."""
-        models = [LanguageModel.from_bytes(d) for d in files]
+        if workers >= 1:   # the engine lives in the workers; this process stays torch-free
+            models = [ModelFile(d) for d in files]
+        else:
+            from ..model.modelfile import LanguageModel
+
+            models = [LanguageModel.from_bytes(d) for d in files]
         return cls(models[0] if models else None, extra_models=tuple(models[1:]),
                    workers=workers)
 

@@ -10,16 +10,24 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-import torch
+from typing import TYPE_CHECKING
 
-from ..model.modelfile import LanguageModel
-from .llm import Encoded, LLMCodec
+from ..model import ModelFile
+
+if TYPE_CHECKING:
+    from .llm import Encoded, LLMCodec
 
 _codec: LLMCodec | None = None
 
 
 def _init(model_bytes: bytes) -> None:
+    """Runs in each worker: only workers import torch and build the engine."""
     global _codec
+    import torch
+
+    from ..model.modelfile import LanguageModel
+    from .llm import LLMCodec
+
     torch.set_num_threads(1)
     _codec = LLMCodec(LanguageModel.from_bytes(model_bytes))
 
@@ -35,7 +43,8 @@ def _decode(items: list[tuple[bytes, int]]) -> list[list[int] | None]:
 class LLMPool:
     """Same interface as LLMCodec.encode / decode_many, spread over processes."""
 
-    def __init__(self, model: LanguageModel, workers: int) -> None:
+    def __init__(self, model: ModelFile, workers: int) -> None:
+        """*model*: a ModelFile or a LanguageModel (only its file and tokenizer are used here)."""
         self.model = model
         self.workers = workers
         self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),

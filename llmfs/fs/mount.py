@@ -111,6 +111,7 @@ def mount(store: str, mountpoint: str, config: Config, foreground: bool = False,
     try:
         _FUSE(ops, mountpoint, foreground=foreground, debug=debug, **options)
     except RuntimeError as e:
-        raise StoreError(f"{mountpoint}: mount failed (libfuse error {e})") from None
+        if not ops.unmounted:   # libfuse also reports an exit by SIGTERM/SIGINT as an error
+            raise StoreError(f"{mountpoint}: mount failed (libfuse error {e})") from None
     finally:
         lock.release()

@@ -44,6 +44,7 @@ RENAME_EXCHANGE = 2
 NAME_MAX = 255
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
+FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, FALLOC_ZERO_RANGE = 0x01, 0x02, 0x10
 HIDDEN = b".fuse_hidden"
 STATS_XATTR = "user.llmfs.stats"   # read-only, on the root: live daemon counters as JSON
 
@@ -89,6 +90,7 @@ class LLMFS(mfusepy.Operations):
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.stats: Counter[str] = Counter()
+        self.unmounted = False
 
     # -- life cycle ------------------------------------------------------
     def init(self, path: str) -> None:
@@ -134,6 +136,7 @@ class LLMFS(mfusepy.Operations):
             self.reader.close()
         if self.store is not None:
             self.store.close()
+        self.unmounted = True
         log.info("unmounted %s", self.store_path)
 
     def _flush_loop(self) -> None:
@@ -748,13 +751,16 @@ class LLMFS(mfusepy.Operations):
         return bytes(out)
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
-        bs = self.bs
         with self._mutex:
             h = self._handles.get(fh)
             ino = h.ino if h else self.store.read(lambda t: self._resolve(t, path))
             if h is not None and h.flags & os.O_APPEND:
                 d = self._dirty.get(ino)
                 offset = d.size if d else self.store.read(lambda t: self._inode(t, ino).size)
+        return self._write_ino(ino, data, offset)
+
+    def _write_ino(self, ino: int, data: bytes, offset: int) -> int:
+        bs = self.bs
         if not data:
             return 0
         end = offset + len(data)
@@ -790,6 +796,53 @@ class LLMFS(mfusepy.Operations):
         if full or over:
             self._flush_ino(ino, keep_tail=True)
         return len(data)
+
+    def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> int:
+        """Space is never reserved (blocks are compressed when stored), so
+        mode 0 only grows the file; hole punching and zeroing are real."""
+        if offset < 0 or length <= 0:
+            raise _err(errno.EINVAL)
+        if mode & ~(FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE):
+            raise _err(errno.EOPNOTSUPP)
+        if mode & FALLOC_PUNCH_HOLE and not mode & FALLOC_KEEP_SIZE:
+            raise _err(errno.EOPNOTSUPP)
+        with self._mutex:
+            ino = self.store.read(lambda t: self._ino(t, path, fh))
+            d = self._dirty.get(ino)
+            size = d.size if d else self.store.read(lambda t: self._inode(t, ino).size)
+        if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE):
+            self._zero_range(ino, offset, min(offset + length, size))
+        if not mode & FALLOC_KEEP_SIZE and offset + length > size:
+            self._truncate_ino(ino, offset + length)
+        return 0
+
+    def _zero_range(self, ino: int, start: int, end: int) -> None:
+        """Zeros in [start, end): whole blocks become holes, edges are written."""
+        bs = self.bs
+        if end <= start:
+            return
+        first, stop = -(-start // bs), end // bs     # whole blocks first..stop-1
+        if first >= stop:
+            self._write_ino(ino, bytes(end - start), start)
+            return
+        if start < first * bs:
+            self._write_ino(ino, bytes(first * bs - start), start)
+        if stop * bs < end:
+            self._write_ino(ino, bytes(end - stop * bs), stop * bs)
+        with self._flush_lock(ino), self._mutex:
+            d = self._dirty.get(ino)
+            if d is not None:
+                d.drop_range(first, stop)
+
+            def op(t: Txn) -> None:
+                inode = self._inode(t, ino)
+                for i in t.block_keys(ino, first, stop - 1):
+                    inode.nblocks += t.clear_block(ino, i)
+                inode.mtime_ns = inode.ctime_ns = time.time_ns()
+                if d is not None:
+                    d.mtime_ns = d.ctime_ns = inode.mtime_ns
+                t.put_inode(ino, inode)
+            self.store.write(op)
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         with self._mutex:

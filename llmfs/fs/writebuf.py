@@ -50,7 +50,11 @@ class Dirty:
         self.versions[index] = self.versions.get(index, 0) + 1
 
     def drop_from(self, index: int) -> None:
-        for i in [i for i in self.blocks if i >= index]:
+        self.drop_range(index, None)
+
+    def drop_range(self, first: int, stop: int | None) -> None:
+        """Forget buffered blocks first..stop-1 (to the end when stop is None)."""
+        for i in [i for i in self.blocks if i >= first and (stop is None or i < stop)]:
             del self.blocks[i]
             self.versions.pop(i, None)
 

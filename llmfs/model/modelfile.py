@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
-from . import DEFAULT_MODEL, model_id
+from . import DEFAULT_MODEL, model_id, model_metadata
 from .engine import Engine
 from .net import Config
 from .tokenizer import ByteTokenizer
@@ -48,8 +48,7 @@ class LanguageModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, device: str = "cpu") -> "LanguageModel":
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + header_len]).get("__metadata__", {})
+        meta = model_metadata(data)
         if meta.get("format") != FORMAT:
             raise ValueError(f"not an llmfs model file (format {meta.get('format')!r})")
         cfg = Config(**json.loads(meta["config"]))
