@@ -45,3 +45,20 @@ def test_cost_matches_ideal_within_a_word():
     enc.encode(*LLMCodec._three_buckets(f, torch.from_numpy(syms)))
     ideal = LLMCodec.token_bits(f, torch.from_numpy(syms))
     assert ideal <= 32 * len(enc.get_compressed()) <= ideal * 1.001 + 64
+
+
+def test_long_block_is_several_segments_and_decodes(model):
+    from llmfs.codec.llm import LLMCodec
+    from llmfs.codec.segments import SEGMENT, split_segments
+
+    from conftest import PROSE
+
+    codec = LLMCodec(model)
+    block = PROSE * 40                                   # > 2 segments of tokens
+    enc = codec.encode(block)
+    streams = split_segments(enc.payload, enc.n_tokens)
+    assert len(streams) == -(-enc.n_tokens // SEGMENT) >= 3
+    assert model.tokenizer.decode(codec.decode_many([(enc.payload, enc.n_tokens)])[0]) == block
+    bad = bytearray(enc.payload)
+    bad[3] ^= 1                                          # damaged segment table
+    assert codec.decode_many([(bytes(bad), enc.n_tokens)]) == [None]

@@ -19,7 +19,7 @@ from enum import IntEnum
 import xxhash
 
 MAGIC = b"LB"
-VERSION = 1
+VERSION = 2   # 2: llm payloads are segmented (codec/segments.py)
 MAX_BLOCK = 1 << 26  # 64 MiB: larger raw lengths are treated as damage
 _FIXED = struct.Struct("<2sBBI16s")
 _LLM_EXT = struct.Struct("<8sI")

@@ -7,6 +7,9 @@ blocks.  Both see the same integer frequency tables (``model/engine.py``).
 Blocks longer than the window use a sliding window: every token is
 predicted from the previous ``window`` tokens (ALiBi needs no position
 re-encoding, so old keys are simply evicted).
+
+A block's tokens are coded in independent segments (``segments.py``), so
+one block decodes as a batch of streams.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 
 from ..model.engine import FREQ_BITS, KVCache
 from ..model.modelfile import LanguageModel
+from .segments import SEGMENT, Stream, decode_segmented, join_segments
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
@@ -81,26 +85,34 @@ class LLMCodec:
         return (which.cpu().numpy().astype(np.int32), _FAMILY,
                 mid.cpu().numpy().astype(np.float64))
 
-    def cost_bits(self, block: bytes) -> float:
+    def cost_bits(self, block: bytes, segment: int = SEGMENT) -> float:
         """Ideal code length of *block* in bits (what ``encode`` stores, within 0.1%)."""
         ids = self.model.tokenizer.encode(block)
-        syms = torch.from_numpy(ids)
-        return sum(self.token_bits(f, syms[s:e]) for s, e, f in self._tables(ids))
+        total = 0.0
+        for seg in range(0, len(ids), segment):
+            part = ids[seg:seg + segment]
+            syms = torch.from_numpy(part)
+            total += sum(self.token_bits(f, syms[s:e]) for s, e, f in self._tables(part))
+        return total
 
     def encode(self, block: bytes, abort_bpb: float = math.inf) -> Encoded | None:
         """Range-code *block*; ``None`` when the first chunk already costs more
         than *abort_bpb* bits per byte (so the model cannot win)."""
         ids = self.model.tokenizer.encode(block)
-        syms = torch.from_numpy(ids)
-        enc = constriction.stream.queue.RangeEncoder()
         tok_bytes = self.model.tokenizer.id_bytes
-        for start, end, freqs in self._tables(ids):
-            if start == 0 and math.isfinite(abort_bpb):
-                nbytes = sum(len(tok_bytes[i]) for i in ids[:end])
-                if self.token_bits(freqs, syms[:end]) > abort_bpb * nbytes:
-                    return None
-            enc.encode(*self._three_buckets(freqs, syms[start:end]))
-        return Encoded(enc.get_compressed().tobytes(), len(ids))
+        streams = []
+        for seg in range(0, len(ids), SEGMENT):
+            part = ids[seg:seg + SEGMENT]
+            syms = torch.from_numpy(part)
+            enc = constriction.stream.queue.RangeEncoder()
+            for start, end, freqs in self._tables(part):
+                if seg == start == 0 and math.isfinite(abort_bpb):
+                    nbytes = sum(len(tok_bytes[i]) for i in part[:end])
+                    if self.token_bits(freqs, syms[:end]) > abort_bpb * nbytes:
+                        return None
+                enc.encode(*self._three_buckets(freqs, syms[start:end]))
+            streams.append((enc.get_compressed().tobytes(), len(part)))
+        return Encoded(join_segments(streams), len(ids))
 
     def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Encoded | None]:
         """``encode(block, abort_bpb)`` for each job (the pool's interface, in-process)."""
@@ -109,6 +121,10 @@ class LLMCodec:
     def decode_many(self, items: list[tuple[bytes, int]]) -> list[list[int] | None]:
         """Decode (payload, n_tokens) pairs in one batch; returns token ids per
         item, or None for a payload the coder rejects (the others go on)."""
+        return decode_segmented(items, self.decode_streams)
+
+    def decode_streams(self, items: list[Stream]) -> list[list[int] | None]:
+        """Decode independent streams in one batch, token by token."""
         out: list[list[int] | None] = [[] for _ in items]
         decoders = {}
         for i, (payload, n) in enumerate(items):

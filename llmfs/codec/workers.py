@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
+from .segments import decode_segmented
 
 if TYPE_CHECKING:
     from .llm import Encoded, LLMCodec
@@ -37,7 +38,7 @@ def _encode(job: tuple[bytes, float]) -> Encoded | None:
 
 
 def _decode(items: list[tuple[bytes, int]]) -> list[list[int] | None]:
-    return _codec.decode_many(items)
+    return _codec.decode_streams(items)
 
 
 class LLMPool:
@@ -54,6 +55,11 @@ class LLMPool:
         return list(self._ex.map(_encode, jobs))
 
     def decode_many(self, items: list[tuple[bytes, int]]) -> list[list[int] | None]:
+        """Segments of all items are spread over the workers, so even a single
+        block decodes on every core."""
+        return decode_segmented(items, self._decode_streams)
+
+    def _decode_streams(self, items: list[tuple[bytes, int]]) -> list[list[int] | None]:
         # longest first, dealt round-robin, so each worker gets a similar share
         order = sorted(range(len(items)), key=lambda i: -items[i][1])
         groups = [order[w::self.workers] for w in range(self.workers)]

@@ -1,0 +1,69 @@
+"""Segments: the independent range-coder streams of one llm payload.
+
+A block's tokens are cut into segments of ``SEGMENT`` tokens, each coded as
+an independent stream that starts from a fresh context.  Decoding is
+token-serial within a stream, so segments are what lets one block decode as
+a batch (and across worker processes): a 64 KiB block is about a dozen
+streams instead of one 23k-step chain.  The price is the context lost at
+each segment start (measured in docs/ARCHITECTURE.md, "Segments").
+
+llm payload: ``u16 count``, then per segment ``u32 tokens, u32 bytes``, then
+the segments' range-coder words in order.  No torch here: the filesystem
+daemon splits and joins payloads while worker processes run the model.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+SEGMENT = 2048
+_COUNT = struct.Struct("<H")
+_SEG = struct.Struct("<II")
+
+Stream = tuple[bytes, int]   # one segment: range-coder words, token count
+
+
+def join_segments(streams: list[Stream]) -> bytes:
+    return (_COUNT.pack(len(streams)) + b"".join(_SEG.pack(n, len(p)) for p, n in streams)
+            + b"".join(p for p, _ in streams))
+
+
+def split_segments(payload: bytes, n_tokens: int) -> list[Stream] | None:
+    """The streams of an llm payload, or None when its table is inconsistent."""
+    if len(payload) < _COUNT.size:
+        return None
+    (count,) = _COUNT.unpack_from(payload)
+    pos = _COUNT.size + count * _SEG.size
+    if pos > len(payload):
+        return None
+    streams = []
+    for k in range(count):
+        n, size = _SEG.unpack_from(payload, _COUNT.size + k * _SEG.size)
+        streams.append((payload[pos:pos + size], n))
+        pos += size
+    if pos != len(payload) or sum(n for _, n in streams) != n_tokens:
+        return None
+    return streams
+
+
+def decode_segmented(items: list[tuple[bytes, int]],
+                     decode_streams: Callable[[list[Stream]], list[list[int] | None]]
+                     ) -> list[list[int] | None]:
+    """Decode (payload, n_tokens) items by decoding all their segments as one
+    batch of streams; an item is None if any of its streams is rejected."""
+    owners, flat = [], []
+    out: list[list[int] | None] = [[] for _ in items]
+    for i, (payload, n) in enumerate(items):
+        streams = split_segments(payload, n)
+        if streams is None:
+            out[i] = None
+            continue
+        owners += [i] * len(streams)
+        flat += streams
+    for i, toks in zip(owners, decode_streams(flat)):
+        if out[i] is None or toks is None:
+            out[i] = None
+        else:
+            out[i].extend(toks)
+    return out
+
