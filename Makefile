@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Compress each bundled sample, decompress it, compare, and print the table.
+# Compress each bundled sample, decompress it, compare, print the table; then store the
+# samples in a fresh llmfs mount, remount, and compare them there.
 demo: $(STAMP)
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	for f in $(SAMPLES); do \
@@ -27,6 +28,14 @@ demo: $(STAMP)
 	  cmp $$f $(DEMO)/$$b && echo "round trip OK: $$b" || exit 1; \
 	done
 	$(LLMFS) bench --limit 0 $(SAMPLES)
+	rm -rf $(DEMO)/store && mkdir -p $(DEMO)/mnt
+	$(LLMFS) mkfs $(DEMO)/store
+	$(LLMFS) mount $(DEMO)/store $(DEMO)/mnt
+	cp $(SAMPLES) $(DEMO)/mnt/ ; s=$$?; $(LLMFS) umount $(DEMO)/mnt; exit $$s
+	$(LLMFS) mount $(DEMO)/store $(DEMO)/mnt
+	for f in $(SAMPLES); do cmp $$f $(DEMO)/mnt/$$(basename $$f) || s=1; done; \
+	  $(PY) -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.llmfs.stats').decode())" $(DEMO)/mnt; \
+	  $(LLMFS) umount $(DEMO)/mnt; test -z "$$s" && echo "filesystem round trip OK (mkfs, mount, copy, remount, compare)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -4,7 +4,8 @@ and sharing of decodes already under way.
 zstd and raw frames decode in the calling thread (microseconds).  llm frames
 go to the model in one batch per call, in worker processes, so a decode never
 holds the GIL the other FUSE threads need; a block another thread is already
-decoding is waited for, not decoded twice.  Models load on the first llm
+decoding is waited for, not decoded twice.  Readahead decodes in a background
+thread, after the block the reader asked for.  Models load on the first llm
 frame, so a store that holds none never pays for torch.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..codec.frame import Codec, FrameError
 from ..codec.plain import decode_plain, frame_codec
@@ -39,6 +40,7 @@ class BlockReader:
         self._lock = threading.Lock()
         self._inflight: dict[bytes, Future] = {}
         self.stats: Counter[str] = Counter()
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="llmfs-readahead")
 
     def _llm_codec(self):
         with self._lock:
@@ -48,17 +50,45 @@ class BlockReader:
                 self._llm = BlockCodec.from_model_files(models, self.workers)
             return self._llm
 
-    def decode(self, frames: dict[bytes, bytes]) -> dict[bytes, bytes | FrameError]:
-        """Decoded bytes (or the error) for each block key in *frames*."""
-        out: dict[bytes, bytes | FrameError] = {}
+    def _claim(self, keys) -> tuple[dict[bytes, Future], dict[bytes, Future]]:
+        """Split *keys* into blocks this caller decodes (registered as under
+        way) and blocks another thread is already decoding."""
         mine: dict[bytes, Future] = {}
         theirs: dict[bytes, Future] = {}
         with self._lock:
-            for key in frames:
+            for key in keys:
                 if key in self._inflight:
                     theirs[key] = self._inflight[key]
                 else:
                     mine[key] = self._inflight[key] = Future()
+        return mine, theirs
+
+    def busy(self, key: bytes) -> bool:
+        """Whether block *key* is being decoded right now."""
+        with self._lock:
+            return key in self._inflight
+
+    def decode(self, frames: dict[bytes, bytes]) -> dict[bytes, bytes | FrameError]:
+        """Decoded bytes (or the error) for each block key in *frames*."""
+        mine, theirs = self._claim(frames)
+        out = self._run(frames, mine)
+        for k, fut in theirs.items():
+            out[k] = fut.result()
+        return out
+
+    def prefetch(self, frames: dict[bytes, bytes]) -> None:
+        """Decode *frames* into the cache in the background (readahead).  The
+        blocks count as under way at once, so a reader arriving at one of them
+        waits for this decode instead of starting its own."""
+        mine, _ = self._claim(frames)
+        if mine:
+            with self._lock:
+                self.stats["readahead_blocks"] += len(mine)
+            self._background.submit(self._run, {k: frames[k] for k in mine}, mine)
+
+    def _run(self, frames: dict[bytes, bytes], mine: dict[bytes, Future]
+             ) -> dict[bytes, bytes | FrameError]:
+        out: dict[bytes, bytes | FrameError] = {}
         try:
             keys = list(mine)
             plain = [k for k in keys if not is_llm(frames[k])]
@@ -78,7 +108,7 @@ class BlockReader:
                 if not isinstance(out[k], FrameError):
                     self.cache.put(k, out[k], expensive=k in llm)
         except BaseException as e:  # never leave waiters hanging
-            for k, fut in mine.items():
+            for fut in mine.values():
                 fut.set_exception(e)
             raise
         finally:
@@ -88,10 +118,9 @@ class BlockReader:
             for k, fut in mine.items():
                 if not fut.done():
                     fut.set_result(out.get(k, FrameError("not decoded")))
-        for k, fut in theirs.items():
-            out[k] = fut.result()
         return out
 
     def close(self) -> None:
+        self._background.shutdown(cancel_futures=True)
         if self._llm is not None:
             self._llm.close()

@@ -19,6 +19,11 @@ class _LRU:
         self.size = 0
         self.items: OrderedDict[bytes, bytes] = OrderedDict()
 
+    def from_model(self, key: bytes) -> bool:
+        """Whether cached block *key* was decoded by the model."""
+        with self._lock:
+            return key in self._expensive or key in self._warm.items
+
     def get(self, key: bytes) -> bytes | None:
         v = self.items.get(key)
         if v is not None:
@@ -55,6 +60,11 @@ class BlockCache:
     def __contains__(self, key: bytes) -> bool:
         with self._lock:
             return key in self._hot.items or key in self._warm.items
+
+    def from_model(self, key: bytes) -> bool:
+        """Whether cached block *key* was decoded by the model."""
+        with self._lock:
+            return key in self._expensive or key in self._warm.items
 
     def get(self, key: bytes) -> bytes | None:
         with self._lock:

@@ -74,6 +74,8 @@ def _clear_stale(mountpoint: str) -> None:
 
 def setup_logging(foreground: bool, logfile: str | None, debug: bool = False) -> None:
     root = logging.getLogger()
+    for old in root.handlers[:]:   # the CLI's default console handler
+        root.removeHandler(old)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     if logfile:
         handler: logging.Handler = logging.FileHandler(logfile)

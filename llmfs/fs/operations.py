@@ -3,7 +3,7 @@
 Locking: ``_mutex`` guards the in-memory state (handles, write buffers) and
 every write transaction, so each state change is one LMDB transaction made
 while nobody else changes state.  Slow work runs outside it: encoding a
-flush (per-inode ``_flush_locks`` keep one file's flushes and truncates in
+flush (striped per-inode ``_flush_locks`` keep one file's flushes and truncates in
 order) and decoding blocks (``BlockReader``, model in worker processes).
 
 Files unlinked while open: libfuse renames them to ``.fuse_hidden*`` and
@@ -81,7 +81,7 @@ class LLMFS(mfusepy.Operations):
         self.reader: BlockReader | None = None
         self.cache = BlockCache(config.cache_mib * MiB, config.warm_cache_mib * MiB)
         self._mutex = threading.RLock()
-        self._flush_locks: dict[int, threading.Lock] = {}
+        self._flush_locks = [threading.Lock() for _ in range(64)]
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, int] = {}   # directory handle -> inode
         self._open: Counter[int] = Counter()
@@ -621,7 +621,7 @@ class LLMFS(mfusepy.Operations):
         return d
 
     def _load_blocks(self, ino: int, wanted) -> None:
-        """Bring blocks *wanted(d_or_None, size)* of *ino* into its write buffer,
+        """Bring blocks *wanted(size)* of *ino* into its write buffer,
         decoding outside the mutex; returns with the mutex held and every
         wanted block buffered (the caller must release it)."""
         while True:
@@ -677,18 +677,17 @@ class LLMFS(mfusepy.Operations):
     def _fetch(self, ino: int, keys: dict[int, bytes], frames: dict[bytes, bytes | None],
                extra: dict[bytes, bytes] | None = None) -> dict[int, bytes]:
         """Decode blocks *keys* (index -> key) from *frames*; *extra* frames are
-        decoded in the same batch for the cache only (readahead).  A missing or
+        then decoded in the background for the cache (readahead).  A missing or
         damaged block is EIO for this read, logged with inode and offset."""
         for i, k in keys.items():
             if frames.get(k) is None:
                 log.error("inode %d offset %d: block %s missing from the store",
                           ino, i * self.bs, k.hex()[:16])
                 raise _err(errno.EIO)
-        todo = {**(extra or {}), **{k: frames[k] for k in keys.values()}}
-        if not todo:
-            return {}
-        self.stats["readahead_blocks"] += len(extra or {})
-        results = self.reader.decode(todo)
+        todo = {k: frames[k] for k in keys.values()}
+        results = self.reader.decode(todo) if todo else {}
+        if extra:
+            self.reader.prefetch(extra)
         out: dict[int, bytes] = {}
         for i, k in keys.items():
             r = results[k]
@@ -723,9 +722,11 @@ class LLMFS(mfusepy.Operations):
             now = {i: k for i, k in keys.items() if i <= last}
             cached, frames = self._frames(t, now)
             extra = {}
-            if seq and any(f is not None and is_llm(f) for f in frames.values()):
-                for i, k in keys.items():   # readahead: the next llm blocks, same batch
-                    if i > last and k not in frames and k not in self.cache:
+            if seq and (any(f is not None and is_llm(f) for f in frames.values())
+                        or any(self.cache.from_model(now[i]) for i in cached)):
+                for i, k in keys.items():   # readahead: the next llm blocks of a llm reader
+                    if i > last and k not in frames and k not in self.cache \
+                            and not self.reader.busy(k):
                         f = t.frame(k)
                         if f is not None and is_llm(f):
                             extra[k] = f
@@ -879,8 +880,8 @@ class LLMFS(mfusepy.Operations):
                 self._mutex.release()
 
     def _flush_lock(self, ino: int) -> threading.Lock:
-        with self._mutex:
-            return self._flush_locks.setdefault(ino, threading.Lock())
+        """Striped: bounded memory, and a thread only ever holds one stripe."""
+        return self._flush_locks[ino % len(self._flush_locks)]
 
     def _flush_ino(self, ino: int, keep_tail: bool = False) -> None:
         """Commit *ino*'s buffered blocks as fast zstd frames in one transaction.
