@@ -116,8 +116,8 @@ def umount(mountpoint: str, lazy: bool) -> None:
         time.sleep(0.05)
 
 
-def _daemon_pid(mountpoint: str) -> int | None:
-    """The pid of the daemon serving *mountpoint* (from its store's lock file)."""
+def _mounted_store(mountpoint: str) -> str | None:
+    """The store an llmfs mount serves (from /proc/mounts), or None."""
     target = os.path.realpath(mountpoint)
     try:
         mounts = Path("/proc/mounts").read_text().splitlines()
@@ -126,8 +126,14 @@ def _daemon_pid(mountpoint: str) -> int | None:
     for line in mounts:
         source, where, fstype = line.split()[:3]
         if fstype == "fuse.llmfs" and where == target and source.startswith("llmfs:"):
-            try:
-                return int((Path(source[6:]) / "llmfs.lock").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                return None
+            return source[6:]
     return None
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the daemon serving *mountpoint* (from its store's lock file)."""
+    store = _mounted_store(mountpoint)
+    try:
+        return int((Path(store) / "llmfs.lock").read_text().split()[0]) if store else None
+    except (OSError, ValueError, IndexError):
+        return None

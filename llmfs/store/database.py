@@ -381,6 +381,10 @@ class Txn:
             self._unref(key)
         return len(gone)
 
+    def scan(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of sub-database *name*, in key order (for tools)."""
+        return iter(self.txn.cursor(db=self.db[name]))
+
     def stored_blocks(self) -> Iterator[bytes]:
         """Every stored block key."""
         return self.txn.cursor(db=self.db["blocks"]).iternext(values=False)

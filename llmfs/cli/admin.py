@@ -1,0 +1,123 @@
+"""``llmfs compact / stats``: looking after a store."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from . import main
+from ..store import Store, StoreError, StoreLock
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--limit", type=click.IntRange(1), default=None, help="Try at most N blocks.")
+@click.option("--model", "model_hex", default=None,
+              help="Short id (hex prefix) of a model kept in the store (default: the store's).")
+@click.option("--workers", type=click.IntRange(1, 64), default=os.cpu_count() or 1,
+              show_default="number of cores", help="Model processes.")
+@click.option("--batch", type=click.IntRange(1), default=16, show_default=True,
+              help="Blocks encoded per transaction.")
+def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
+            batch: int) -> None:
+    """Re-encode a store's zstd blocks with the model, offline (the store must
+    not be mounted).  Each block is swapped only when the llm frame is smaller
+    and decoded back to the same bytes."""
+    from tqdm import tqdm
+
+    from ..codec.frame import Codec
+    from ..codec.plain import frame_codec
+    from ..codec.policy import BlockCodec
+    from ..compactor import recompress
+
+    try:
+        lock = StoreLock(store)
+        s = Store(store)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        models = s.read(lambda t: t.models())
+        default = s.read(lambda t: t.meta("model")) or ""
+        want = model_hex or default
+        chosen = [m for m in models if m.hex().startswith(want)] if want else []
+        if len(chosen) != 1:
+            raise click.ClickException(
+                f"model {want!r} {'is ambiguous' if chosen else 'is not in the store'}; "
+                f"the store holds: {', '.join(m.hex() for m in models) or 'none'}")
+        files = [models[chosen[0]]] + [d for m, d in models.items() if m != chosen[0]]
+        keys = s.read(lambda t: [k for k, f in t.scan("blocks") if frame_codec(f) == Codec.ZSTD])
+        keys = keys[:limit] if limit else keys
+        totals: dict[str, int] = {}
+        t0 = time.monotonic()
+        with BlockCodec.from_model_files(files, workers) as codec, \
+                tqdm(total=len(keys), unit="block", desc="compact",
+                     disable=not os.isatty(2)) as bar:
+            for i in range(0, len(keys), batch):
+                part = keys[i:i + batch]
+                for k, v in recompress(s, codec, part).items():
+                    totals[k] = totals.get(k, 0) + v
+                bar.update(len(part))
+        dt = time.monotonic() - t0
+    finally:
+        s.close()
+        lock.release()
+    click.echo(f"{store}: tried {len(keys)} zstd blocks in {dt:.0f} s; "
+               f"{totals.get('llm', 0)} now llm, {totals.get('kept', 0)} kept as they were; "
+               f"saved {_human(totals.get('saved_bytes', 0))}"
+               + (f"; {totals['verify_failures']} llm verify failures"
+                  if totals.get("verify_failures") else ""))
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats(target: str, as_json: bool) -> None:
+    """What a store holds (TARGET: a store directory, or the mount point of a
+    running daemon, which adds its live counters)."""
+    from ..stats import collect
+
+    live = None
+    store = target
+    if os.path.ismount(target):
+        from .fs import _mounted_store
+
+        store = _mounted_store(target)
+        if store is None:
+            raise click.ClickException(f"{target}: not an llmfs mount")
+        live = json.loads(os.getxattr(target, "user.llmfs.stats"))
+    try:
+        s = Store(store, readonly=True)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        st = collect(s)
+    finally:
+        s.close()
+    if as_json:
+        click.echo(json.dumps({**st.to_dict(), "live": live}, indent=2, sort_keys=True))
+        return
+    click.echo(f"store {Path(store)}: {st.files} files, {st.directories} directories")
+    click.echo(f"logical {_human(st.logical_bytes)} (holes excluded: {_human(st.mapped_bytes)}), "
+               f"stored {_human(st.stored_bytes)}, ratio {st.ratio:.2f}x, "
+               f"dedup saved {_human(st.dedup_saved_bytes)}")
+    click.echo(f"{'codec':6} {'blocks':>8} {'logical':>12} {'stored':>12} {'bpb':>7}")
+    for name, row in st.codecs.items():
+        click.echo(f"{name:6} {row.blocks:8d} {_human(row.logical):>12} "
+                   f"{_human(row.stored):>12} {row.bpb:7.3f}")
+    for m, n in st.models.items():
+        click.echo(f"model {m}: {n} llm blocks")
+    if st.damaged_frames:
+        click.echo(f"damaged frames: {st.damaged_frames} (run llmfs fsck)")
+    if live:
+        click.echo("daemon: " + ", ".join(f"{k} {v}" for k, v in sorted(live.items())))
