@@ -1,7 +1,7 @@
 """Re-encoding stored blocks with the language model.
 
-``recompress`` is the core the background compactor and ``llmfs compact``
-build on: it encodes a batch of blocks with the store's model (the codec
+``Compactor`` runs inside the mount daemon; ``llmfs compact`` runs offline.
+Both use ``recompress``: it encodes a batch of blocks with the store's model (the codec
 verifies every llm frame by decoding it), then swaps each frame in one
 write transaction only if the new one is smaller and the block is still
 stored.  Blocks are content-addressed, so "still stored under this key"
@@ -10,16 +10,28 @@ to a stale frame.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from .codec.frame import Codec
 from .codec.plain import decode_plain, frame_codec
 from .codec.policy import BlockCodec
+from .config import Config
 from .store import Store, Txn
+from .store.schema import unpack_ref
 
 
-def recompress(store: Store, codec: BlockCodec, keys: list[bytes]) -> Counter[str]:
-    """Try to store blocks *keys* as llm frames; returns counts of what happened."""
+log = logging.getLogger(__name__)
+
+
+def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
+               lock: threading.RLock | None = None) -> Counter[str]:
+    """Try to store blocks *keys* as llm frames; returns counts of what happened.
+    *lock* is held around the swap transaction (the daemon's state mutex)."""
     stats: Counter[str] = Counter()
     frames = store.read(lambda t: {k: t.frame(k) for k in keys})
     raws: dict[bytes, bytes] = {}
@@ -46,7 +58,94 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes]) -> Counter[st
                 stats["saved_bytes"] += len(old) - len(new[k])
             else:
                 stats["kept"] += 1
-    store.write(swap)
+    with lock or contextlib.nullcontext():
+        store.write(swap)
     stats["verify_failures"] = codec.counters["verify_failures"]
     return stats
+
+
+def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int
+                ) -> tuple[list[bytes], bytes]:
+    """Up to *limit* zstd blocks written before *older_than_ns*, walking the
+    block keys upward from *after* (wrapping at the end), and where to go on
+    from.  One walk visits each block once, so blocks the model cannot shrink
+    are retried only on the next walk."""
+    out: list[bytes] = []
+    pos = after
+    for key, ref in t.scan_from("refs", after):
+        pos = key
+        if key == after:
+            continue
+        if unpack_ref(ref)[1] < older_than_ns:
+            frame = t.frame(key)
+            if frame is not None and frame_codec(frame) == Codec.ZSTD:
+                out.append(key)
+                if len(out) >= limit:
+                    return out, pos
+    return out, b""          # end of the keys: the next walk starts over
+
+
+class Compactor:
+    """The daemon's background compactor: every round it encodes a batch of
+    cold blocks, swaps the smaller verified frames, remembers where it stopped
+    (``meta compact_cursor``, so a restart resumes), and yields to
+    foreground I/O and to its CPU share."""
+
+    def __init__(self, store: Store, model_files: list[bytes], lock: threading.RLock,
+                 config: Config, busy: Callable[[], bool]) -> None:
+        self.store = store
+        self.model_files = model_files
+        self.lock = lock
+        self.config = config
+        self.busy = busy                # True while foreground I/O is going on
+        self.stats: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._codec: BlockCodec | None = None
+        self._thread = threading.Thread(target=self._loop, name="llmfs-compactor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._codec is not None:
+            self._codec.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.compact_interval_s):
+            try:
+                while not self._stop.is_set() and self.round():
+                    pass
+            except Exception:   # a failed round must not end compaction for good
+                log.exception("compactor round failed; trying again later")
+
+    def round(self) -> bool:
+        """One batch; False when there was nothing to do or it should pause."""
+        if self.busy():
+            self.stats["compact_yields"] += 1
+            return False
+        cutoff = time.time_ns() - int(self.config.compact_after_s * 1e9)
+        cursor = bytes.fromhex(self.store.read(lambda t: t.meta("compact_cursor")) or "")
+        keys, nxt = self.store.read(
+            lambda t: cold_blocks(t, cursor, self.config.compact_batch, cutoff))
+        if nxt != cursor:
+            with self.lock:
+                self.store.write(lambda t: t.set_meta("compact_cursor", nxt.hex()))
+        if not keys:
+            return bool(nxt)     # nothing cold in this stretch: go on unless the walk ended
+        if self._codec is None:
+            self._codec = BlockCodec.from_model_files(self.model_files,
+                                                      self.config.compact_workers)
+        t0 = time.monotonic()
+        counts = recompress(self.store, self._codec, keys, self.lock)
+        spent = time.monotonic() - t0
+        self.stats["compact_rounds"] += 1
+        self.stats["compact_tried"] += len(keys)
+        self.stats["compact_llm"] += counts["llm"]
+        self.stats["compact_saved_bytes"] += counts["saved_bytes"]
+        self.stats["compact_ms"] += int(spent * 1000)
+        self.stats["verify_failures"] = counts["verify_failures"]
+        share = self.config.compact_cpu_share
+        return not self._stop.wait(spent * (1 - share) / share)
 

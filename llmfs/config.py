@@ -27,6 +27,12 @@ class Config:
     write_zstd_level: int = 1         # zstd level of fresh writes (fast tier)
     readahead_blocks: int = 16        # llm blocks decoded in one batch on sequential reads
     decode_workers: int = 1           # model processes for decoding (0: in the FUSE process)
+    compact: bool = True              # re-encode cold blocks with the model inside the daemon
+    compact_after_s: float = 600.0    # a block is cold once it was written this long ago
+    compact_interval_s: float = 10.0  # pause between compactor rounds when idle
+    compact_batch: int = 8            # blocks encoded per round (one transaction)
+    compact_workers: int = 1          # model processes for encoding
+    compact_cpu_share: float = 0.5    # fraction of wall time the compactor may encode
 
     def validate(self) -> "Config":
         checks = {
@@ -37,6 +43,11 @@ class Config:
             "write_zstd_level": 1 <= self.write_zstd_level <= 22,
             "readahead_blocks": 0 <= self.readahead_blocks <= 1024,
             "decode_workers": 0 <= self.decode_workers <= 64,
+            "compact_after_s": self.compact_after_s >= 0,
+            "compact_interval_s": self.compact_interval_s > 0,
+            "compact_batch": 1 <= self.compact_batch <= 4096,
+            "compact_workers": 1 <= self.compact_workers <= 64,
+            "compact_cpu_share": 0 < self.compact_cpu_share <= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -50,9 +61,11 @@ class Config:
         for key, value in values.items():
             if key not in types:
                 raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(types)})")
-            want = float if types[key] == "float" else int
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or (want is int and not isinstance(value, int)):
+            want = {"float": float, "int": int, "bool": bool}[types[key]]
+            ok = isinstance(value, bool) if want is bool else (
+                not isinstance(value, bool) and isinstance(value, (int, float))
+                and (want is float or isinstance(value, int)))
+            if not ok:
                 raise ConfigError(f"{source}: {key} must be {want.__name__}, got {value!r}")
             out[key] = want(value)
         try:

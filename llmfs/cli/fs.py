@@ -65,6 +65,9 @@ def _split_options(opts: tuple[str, ...]) -> tuple[dict, dict]:
         for item in filter(None, group.split(",")):
             key, eq, value = item.partition("=")
             if key in known:
+                if value.lower() in ("true", "false", "yes", "no", "on", "off") or not eq:
+                    settings[key] = value.lower() in ("true", "yes", "on") or not eq
+                    continue
                 try:
                     settings[key] = float(value) if "." in value else int(value)
                 except ValueError:

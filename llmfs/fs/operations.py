@@ -29,6 +29,7 @@ from mfusepy import FuseOSError
 
 from ..codec.frame import FrameError
 from ..codec.plain import fast_frame
+from ..compactor import Compactor
 from ..config import MiB, Config
 from ..store import ROOT_INO, Inode, Store, StoreLock, Txn, block_key
 from .blocks import BlockReader, is_llm
@@ -91,6 +92,8 @@ class LLMFS(mfusepy.Operations):
         self._flusher: threading.Thread | None = None
         self.stats: Counter[str] = Counter()
         self.unmounted = False
+        self.compactor: Compactor | None = None
+        self._last_io = 0.0   # monotonic time of the last read or write
 
     # -- life cycle ------------------------------------------------------
     def init(self, path: str) -> None:
@@ -103,6 +106,13 @@ class LLMFS(mfusepy.Operations):
         self._flusher = threading.Thread(target=self._flush_loop, name="llmfs-flusher",
                                          daemon=True)
         self._flusher.start()
+        models = self.store.read(lambda t: (t.meta("model"), t.models()))
+        if self.config.compact and models[1]:
+            default = bytes.fromhex(models[0] or "")
+            files = sorted(models[1].items(), key=lambda kv: kv[0] != default)
+            self.compactor = Compactor(self.store, [d for _, d in files], self._mutex,
+                                       self.config, self._foreground_busy)
+            self.compactor.start()
         log.info("mounted %s (block size %d)", self.store_path, self.bs)
 
     @staticmethod
@@ -123,10 +133,15 @@ class LLMFS(mfusepy.Operations):
             else:
                 t.put_inode(ino, inode)
 
+    def _foreground_busy(self) -> bool:
+        return time.monotonic() - self._last_io < 1.0
+
     def destroy(self, path: str) -> None:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
+        if self.compactor is not None:
+            self.compactor.stop()
         for ino in list(self._dirty):
             try:
                 self._flush_ino(ino)
@@ -161,6 +176,8 @@ class LLMFS(mfusepy.Operations):
         out.update(self.cache.sizes())
         if self.reader is not None:
             out.update(self.reader.stats)
+        if self.compactor is not None:
+            out.update(self.compactor.stats)
         return out
 
     # -- helpers -----------------------------------------------------------
@@ -700,6 +717,7 @@ class LLMFS(mfusepy.Operations):
         return out
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        self._last_io = time.monotonic()
         bs = self.bs
         ra = self.config.readahead_blocks
 
@@ -752,6 +770,7 @@ class LLMFS(mfusepy.Operations):
         return bytes(out)
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        self._last_io = time.monotonic()
         with self._mutex:
             h = self._handles.get(fh)
             ino = h.ino if h else self.store.read(lambda t: self._resolve(t, path))

@@ -385,6 +385,11 @@ class Txn:
         """Every (key, value) of sub-database *name*, in key order (for tools)."""
         return iter(self.txn.cursor(db=self.db[name]))
 
+    def scan_from(self, name: str, key: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of *name* from *key* on (inclusive), in key order."""
+        cur = self.txn.cursor(db=self.db[name])
+        return iter(cur) if cur.set_range(key) else iter(())
+
     def stored_blocks(self) -> Iterator[bytes]:
         """Every stored block key."""
         return self.txn.cursor(db=self.db["blocks"]).iternext(values=False)
