@@ -121,3 +121,54 @@ def stats(target: str, as_json: bool) -> None:
         click.echo(f"damaged frames: {st.damaged_frames} (run llmfs fsck)")
     if live:
         click.echo("daemon: " + ", ".join(f"{k} {v}" for k, v in sorted(live.items())))
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--repair", is_flag=True, help="Fix what can be fixed (the store must not be mounted).")
+@click.option("--scrub", is_flag=True, help="Also decode every block and check its bytes.")
+@click.option("--workers", type=click.IntRange(1, 64), default=os.cpu_count() or 1,
+              show_default="number of cores", help="Model processes for scrubbing llm blocks.")
+def fsck(store: str, repair: bool, scrub: bool, workers: int) -> None:
+    """Check a store.  Exit status as e2fsck: 0 clean, 1 problems found and all
+    repaired, 4 problems left, 8 the store could not be checked."""
+    from tqdm import tqdm
+
+    from ..fsck import check
+
+    try:
+        lock = StoreLock(store) if repair else None
+        s = Store(store, readonly=not repair)
+    except StoreError as e:
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(8) from None
+    codec = None
+    try:
+        if scrub:
+            from ..codec.policy import BlockCodec
+
+            codec = BlockCodec.from_model_files(list(s.read(lambda t: t.models()).values()),
+                                                workers)
+        total = s.read(lambda t: sum(1 for _ in t.stored_blocks())) if scrub else 0
+        with tqdm(total=total, unit="block", desc="scrub",
+                  disable=not (scrub and os.isatty(2))) as bar:
+            rep = check(s, repair, scrub, codec.decode_each if codec else None, bar.update)
+    finally:
+        if codec is not None:
+            codec.close()
+        s.close()
+        if lock is not None:
+            lock.release()
+    for p in rep.problems:
+        click.echo(p)
+    scrubbed = f", {rep.checked_blocks} blocks decoded" if scrub else ""
+    if not rep.problems:
+        click.echo(f"{store}: clean{scrubbed}")
+        raise SystemExit(0)
+    if repair:
+        click.echo(f"{store}: {len(rep.problems)} problems, {rep.repaired} repairs"
+                   + (f"; {rep.lost_blocks} blocks were lost and are now holes"
+                      if rep.lost_blocks else "") + scrubbed)
+        raise SystemExit(1)
+    click.echo(f"{store}: {len(rep.problems)} problems{scrubbed}; run with --repair")
+    raise SystemExit(4)

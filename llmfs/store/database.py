@@ -402,6 +402,21 @@ class Txn:
         self.txn.put(key, frame, db=self.db["blocks"])
         return True
 
+    # -- repairs (fsck): change one structure without the usual bookkeeping --
+    def unmap_block(self, ino: int, index: int) -> None:
+        """Remove a block map entry without touching the block's refcount."""
+        self.txn.delete(fmap_key(ino, index), db=self.db["fmap"])
+
+    def drop_block(self, key: bytes) -> None:
+        """Remove a stored block and its refcount, whatever references it."""
+        self.txn.delete(key, db=self.db["blocks"])
+        self.txn.delete(key, db=self.db["refs"])
+
+    def set_refcount(self, key: bytes, count: int) -> None:
+        ref = self.txn.get(key, db=self.db["refs"])
+        written = unpack_ref(ref)[1] if ref is not None else 0
+        self.txn.put(key, pack_ref(count, written), db=self.db["refs"])
+
     def _unref(self, key: bytes) -> None:
         ref = self.txn.get(key, db=self.db["refs"])
         if ref is None:
