@@ -10,6 +10,7 @@ import click
 
 from . import main
 from ..store import Store, StoreError, StoreLock
+from .fs import _config, config_opt
 
 
 def _human(n: float) -> str:
@@ -27,10 +28,11 @@ def _human(n: float) -> str:
               help="Short id (hex prefix) of a model kept in the store (default: the store's).")
 @click.option("--workers", type=click.IntRange(1, 64), default=os.cpu_count() or 1,
               show_default="number of cores", help="Model processes.")
-@click.option("--batch", type=click.IntRange(1), default=16, show_default=True,
-              help="Blocks encoded per transaction.")
+@click.option("--batch", type=click.IntRange(1), default=None,
+              help="Blocks encoded per transaction (default: compact_batch of the config).")
+@config_opt
 def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
-            batch: int) -> None:
+            batch: int | None, config_path: str | None) -> None:
     """Re-encode a store's zstd blocks with the model, offline (the store must
     not be mounted).  Each block is swapped only when the llm frame is smaller
     and decoded back to the same bytes."""
@@ -41,6 +43,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     from ..codec.policy import BlockCodec
     from ..compactor import recompress
 
+    batch = batch or _config(config_path).compact_batch
     try:
         lock = StoreLock(store)
         s = Store(store)
