@@ -1,9 +1,11 @@
 """``llmfs compact / stats``: looking after a store."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -11,6 +13,25 @@ import click
 from . import main
 from ..store import Store, StoreError, StoreLock
 from .fs import _config, config_opt
+
+
+@contextlib.contextmanager
+def _exclusive(store: str) -> Iterator[Store]:
+    """The store opened for writing by this process alone (not mounted)."""
+    try:
+        lock = StoreLock(store)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        s = Store(store)
+    except StoreError as e:
+        lock.release()
+        raise click.ClickException(str(e)) from None
+    try:
+        yield s
+    finally:
+        s.close()
+        lock.release()
 
 
 def _human(n: float) -> str:
@@ -44,12 +65,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     from ..compactor import recompress
 
     batch = batch or _config(config_path).compact_batch
-    try:
-        lock = StoreLock(store)
-        s = Store(store)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    try:
+    with _exclusive(store) as s:
         models = s.read(lambda t: t.models())
         default = s.read(lambda t: t.meta("model")) or ""
         want = model_hex or default
@@ -72,9 +88,6 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                     totals[k] = totals.get(k, 0) + v
                 bar.update(len(part))
         dt = time.monotonic() - t0
-    finally:
-        s.close()
-        lock.release()
     click.echo(f"{store}: tried {len(keys)} zstd blocks in {dt:.0f} s; "
                f"{totals.get('llm', 0)} now llm, {totals.get('kept', 0)} kept as they were; "
                f"saved {_human(totals.get('saved_bytes', 0))}"
@@ -175,3 +188,63 @@ def fsck(store: str, repair: bool, scrub: bool, workers: int) -> None:
         raise SystemExit(1)
     click.echo(f"{store}: {len(rep.problems)} problems{scrubbed}; run with --repair")
     raise SystemExit(4)
+
+
+@main.command(name="import")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path())
+@config_opt
+def import_(src: str, store: str, config_path: str | None) -> None:
+    """Copy the tree SRC into the root of STORE without FUSE (the store must not
+    be mounted): modes, owners, times, symlinks, hard links, xattrs, holes."""
+    from tqdm import tqdm
+
+    from ..transfer import TransferError, import_tree, tree_size
+
+    cfg = _config(config_path)
+    with _exclusive(store) as s:
+        try:
+            with tqdm(total=tree_size(Path(src)), unit="B", unit_scale=True, desc="import",
+                      disable=not os.isatty(2)) as bar:
+                n = import_tree(s, Path(src), cfg.write_zstd_level, bar.update)
+        except (TransferError, OSError) as e:
+            raise click.ClickException(f"import stopped: {e}") from None
+    click.echo(f"imported {n} entries from {src} into {store}")
+
+
+@main.command(name="export")
+@click.argument("store", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--workers", type=click.IntRange(1, 64), default=os.cpu_count() or 1,
+              show_default="number of cores", help="Model processes for llm blocks.")
+def export_(store: str, dst: str, workers: int) -> None:
+    """Copy the whole tree of STORE into the new or empty directory DST."""
+    from tqdm import tqdm
+
+    from ..transfer import TransferError, export_tree
+
+    try:
+        s = Store(store, readonly=True)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    codec = None
+
+    def decode(frames: list[bytes]) -> list:
+        nonlocal codec
+        if codec is None:
+            from ..codec.policy import BlockCodec
+
+            codec = BlockCodec.from_model_files(list(s.read(lambda t: t.models()).values()),
+                                                workers)
+        return codec.decode_each(frames)
+
+    try:
+        with tqdm(unit="B", unit_scale=True, desc="export", disable=not os.isatty(2)) as bar:
+            n = export_tree(s, Path(dst), decode, bar.update)
+    except (TransferError, OSError) as e:
+        raise click.ClickException(f"export stopped: {e}") from None
+    finally:
+        if codec is not None:
+            codec.close()
+        s.close()
+    click.echo(f"exported {n} entries from {store} into {dst}")
