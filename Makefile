@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Compress each bundled sample, decompress it, compare, print the table; then store the
-# samples in a fresh llmfs mount, remount, and compare them there.
+# Compress each bundled sample, decompress it, compare, print the table; then the main job:
+# mkfs, mount, copy the samples in, compact with the model, fsck --scrub, remount,
+# compare, print stats, unmount.
 demo: $(STAMP)
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	for f in $(SAMPLES); do \
@@ -32,10 +33,13 @@ demo: $(STAMP)
 	$(LLMFS) mkfs $(DEMO)/store
 	$(LLMFS) mount $(DEMO)/store $(DEMO)/mnt
 	cp $(SAMPLES) $(DEMO)/mnt/ ; s=$$?; $(LLMFS) umount $(DEMO)/mnt; exit $$s
+	$(LLMFS) compact $(DEMO)/store
+	$(LLMFS) fsck $(DEMO)/store --scrub
 	$(LLMFS) mount $(DEMO)/store $(DEMO)/mnt
 	for f in $(SAMPLES); do cmp $$f $(DEMO)/mnt/$$(basename $$f) || s=1; done; \
-	  $(PY) -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.llmfs.stats').decode())" $(DEMO)/mnt; \
-	  $(LLMFS) umount $(DEMO)/mnt; test -z "$$s" && echo "filesystem round trip OK (mkfs, mount, copy, remount, compare)"
+	  $(LLMFS) stats $(DEMO)/mnt; \
+	  $(LLMFS) umount $(DEMO)/mnt; \
+	  test -z "$$s" && echo "filesystem round trip OK (mkfs, mount, copy, compact, fsck, remount, compare)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

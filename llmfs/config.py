@@ -33,6 +33,7 @@ class Config:
     compact_batch: int = 8            # blocks encoded per round (one transaction)
     compact_workers: int = 1          # model processes for encoding
     compact_cpu_share: float = 0.5    # fraction of wall time the compactor may encode
+    metrics_file: str = ""            # Prometheus text file the daemon rewrites ("" = off)
 
     def validate(self) -> "Config":
         checks = {
@@ -61,8 +62,8 @@ class Config:
         for key, value in values.items():
             if key not in types:
                 raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(types)})")
-            want = {"float": float, "int": int, "bool": bool}[types[key]]
-            ok = isinstance(value, bool) if want is bool else (
+            want = {"float": float, "int": int, "bool": bool, "str": str}[types[key]]
+            ok = isinstance(value, want) if want in (bool, str) else (
                 not isinstance(value, bool) and isinstance(value, (int, float))
                 and (want is float or isinstance(value, int)))
             if not ok:

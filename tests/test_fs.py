@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -411,3 +412,22 @@ def test_disk_full_is_enospc(small_disk_mount):
     m.stop()
     m.start()
     assert m.path("kept").read_bytes() == kept
+
+
+def test_metrics_file(tmp_path):
+    m = Mounted(tmp_path, options=f"metrics_file={tmp_path}/llmfs.prom,flush_interval_s=0.5")
+    m.mkfs()
+    m.start()
+    try:
+        m.path("f").write_bytes(b"x" * 100_000)
+        m.path("f").read_bytes()
+        prom = tmp_path / "llmfs.prom"
+        deadline = time.time() + 10
+        while not (prom.exists() and "llmfs_flushes" in prom.read_text()):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        text = prom.read_text()
+        assert "# TYPE llmfs_dirty_bytes gauge" in text
+        assert f'llmfs_open_files{{store="{m.store}"}} 0' in text
+    finally:
+        m.stop()

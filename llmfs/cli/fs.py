@@ -64,7 +64,9 @@ def _split_options(opts: tuple[str, ...]) -> tuple[dict, dict]:
     for group in opts:
         for item in filter(None, group.split(",")):
             key, eq, value = item.partition("=")
-            if key in known:
+            if key in known and Config.__dataclass_fields__[key].type == "str":
+                settings[key] = value
+            elif key in known:
                 if value.lower() in ("true", "false", "yes", "no", "on", "off") or not eq:
                     settings[key] = value.lower() in ("true", "yes", "on") or not eq
                     continue

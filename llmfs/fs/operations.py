@@ -154,8 +154,26 @@ class LLMFS(mfusepy.Operations):
         self.unmounted = True
         log.info("unmounted %s", self.store_path)
 
+    def _write_metrics(self) -> None:
+        """Prometheus text exposition of the live counters, replaced atomically."""
+        path = self.config.metrics_file
+        lines = []
+        for name, value in sorted(self.live_stats().items()):
+            metric = f"llmfs_{name}"
+            kind = "gauge" if name.startswith(("dirty", "open", "hot", "warm")) else "counter"
+            lines += [f"# TYPE {metric} {kind}", f'{metric}{{store="{self.store_path}"}} {value}']
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+
     def _flush_loop(self) -> None:
         while not self._stop.wait(min(1.0, self.config.flush_interval_s / 2)):
+            if self.config.metrics_file:
+                try:
+                    self._write_metrics()
+                except OSError as e:
+                    log.warning("metrics file %s: %s", self.config.metrics_file, e)
             now = time.monotonic()
             with self._mutex:
                 old = [i for i, d in self._dirty.items()
