@@ -91,10 +91,11 @@ class Compactor:
     (``meta compact_cursor``, so a restart resumes), and yields to
     foreground I/O and to its CPU share."""
 
-    def __init__(self, store: Store, model_files: list[bytes], lock: threading.RLock,
-                 config: Config, busy: Callable[[], bool]) -> None:
+    def __init__(self, store: Store, model_files: list[bytes], encoders: int,
+                 lock: threading.RLock, config: Config, busy: Callable[[], bool]) -> None:
         self.store = store
         self.model_files = model_files
+        self.encoders = encoders        # the first *encoders* model files encode
         self.lock = lock
         self.config = config
         self.busy = busy                # True while foreground I/O is going on
@@ -136,7 +137,7 @@ class Compactor:
             return bool(nxt)     # nothing cold in this stretch: go on unless the walk ended
         if self._codec is None:
             self._codec = BlockCodec.from_model_files(self.model_files,
-                                                      self.config.compact_workers)
+                                                      self.config.compact_workers, self.encoders)
         t0 = time.monotonic()
         counts = recompress(self.store, self._codec, keys, self.lock)
         spent = time.monotonic() - t0

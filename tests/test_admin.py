@@ -66,3 +66,23 @@ def test_stats_equal_store_contents_and_compact(tmp_path):
     m.start()
     assert m.path("gpl").read_bytes() == SAMPLE[:20_000] == m.path("copy").read_bytes()
     m.stop()
+
+
+def test_every_store_command_takes_config_and_rejects_a_bad_one(tmp_path):
+    """One --config for all commands (as a systemd unit passes it); a bad key or
+    value is named in the error and nothing runs."""
+    store, src, dst = tmp_path / "s", tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "a").write_bytes(SAMPLE[:5000])
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text("cache_mib = 64\n")
+    bad.write_text("cache_mib = 'lots'\n")
+    runs = [("mkfs", str(store)), ("import", str(src), str(store)), ("stats", str(store)),
+            ("fsck", str(store)), ("compact", str(store), "--limit", "1"),
+            ("export", str(store), str(dst))]
+    for args in runs:
+        r = llmfs(*args, "--config", str(bad))
+        assert r.returncode != 0 and "cache_mib" in r.stderr, (args, r.stderr)
+        r = llmfs(*args, "--config", str(good))
+        assert r.returncode == 0, (args, r.stderr)
+    assert (dst / "a").read_bytes() == SAMPLE[:5000]

@@ -66,20 +66,24 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
 
     batch = batch or _config(config_path).compact_batch
     with _exclusive(store) as s:
-        models = s.read(lambda t: t.models())
-        default = s.read(lambda t: t.meta("model")) or ""
-        want = model_hex or default
-        chosen = [m for m in models if m.hex().startswith(want)] if want else []
-        if len(chosen) != 1:
-            raise click.ClickException(
-                f"model {want!r} {'is ambiguous' if chosen else 'is not in the store'}; "
-                f"the store holds: {', '.join(m.hex() for m in models) or 'none'}")
-        files = [models[chosen[0]]] + [d for m, d in models.items() if m != chosen[0]]
+        files, encoders = s.read(lambda t: t.codec_models())
+        if model_hex is not None:   # this one model encodes
+            models = s.read(lambda t: t.models())
+            chosen = [m for m in models if m.hex().startswith(model_hex)]
+            if len(chosen) != 1:
+                raise click.ClickException(
+                    f"model {model_hex!r} {'is ambiguous' if chosen else 'is not in the store'}; "
+                    f"the store holds: {', '.join(m.hex() for m in models) or 'none'}")
+            files = [models[chosen[0]]] + [d for m, d in models.items() if m != chosen[0]]
+            encoders = 1
+        if not encoders:
+            raise click.ClickException(f"{store}: no model to encode with "
+                                       f"(the store holds: {len(files)} models)")
         keys = s.read(lambda t: [k for k, f in t.scan("blocks") if frame_codec(f) == Codec.ZSTD])
         keys = keys[:limit] if limit else keys
         totals: dict[str, int] = {}
         t0 = time.monotonic()
-        with BlockCodec.from_model_files(files, workers) as codec, \
+        with BlockCodec.from_model_files(files, workers, encoders) as codec, \
                 tqdm(total=len(keys), unit="block", desc="compact",
                      disable=not os.isatty(2)) as bar:
             for i in range(0, len(keys), batch):
@@ -98,9 +102,11 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
 @main.command()
 @click.argument("target", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats(target: str, as_json: bool) -> None:
+@config_opt
+def stats(target: str, as_json: bool, config_path: str | None) -> None:
     """What a store holds (TARGET: a store directory, or the mount point of a
     running daemon, which adds its live counters)."""
+    _config(config_path)   # the same --config as every command; no key changes stats
     from ..stats import collect
 
     live = None
@@ -145,12 +151,20 @@ def stats(target: str, as_json: bool) -> None:
 @click.option("--scrub", is_flag=True, help="Also decode every block and check its bytes.")
 @click.option("--workers", type=click.IntRange(1, 64), default=os.cpu_count() or 1,
               show_default="number of cores", help="Model processes for scrubbing llm blocks.")
-def fsck(store: str, repair: bool, scrub: bool, workers: int) -> None:
+@config_opt
+def fsck(store: str, repair: bool, scrub: bool, workers: int, config_path: str | None) -> None:
     """Check a store.  Exit status as e2fsck: 0 clean, 1 problems found and all
     repaired, 4 problems left, 8 the store could not be checked."""
     from tqdm import tqdm
 
+    from ..config import Config, ConfigError
     from ..fsck import check
+
+    try:
+        Config.load(config_path)   # validated like every command's; no key changes fsck
+    except ConfigError as e:
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(8) from None
 
     try:
         lock = StoreLock(store) if repair else None
@@ -217,9 +231,12 @@ def import_(src: str, store: str, config_path: str | None) -> None:
 @click.argument("dst", type=click.Path())
 @click.option("--workers", type=click.IntRange(1, 64), default=os.cpu_count() or 1,
               show_default="number of cores", help="Model processes for llm blocks.")
-def export_(store: str, dst: str, workers: int) -> None:
+@config_opt
+def export_(store: str, dst: str, workers: int, config_path: str | None) -> None:
     """Copy the whole tree of STORE into the new or empty directory DST."""
     from tqdm import tqdm
+
+    _config(config_path)   # the same --config as every command; no key changes export
 
     from ..transfer import TransferError, export_tree
 

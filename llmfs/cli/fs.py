@@ -27,14 +27,16 @@ def _config(path: str | None, overrides: dict | None = None) -> Config:
 
 def _model_files(paths: tuple[str, ...]) -> dict[bytes, bytes]:
     """Model files by short id, without loading an engine (the id is the file hash)."""
-    from ..model import DEFAULT_MODEL, model_id
+    from ..model import DEFAULT_MODEL, model_id, read_model_file
 
     out = {}
     for p in paths or (str(DEFAULT_MODEL),):
         try:
-            data = Path(p).read_bytes()
+            data = read_model_file(p)
         except OSError as e:
             raise click.ClickException(f"{p}: {e.strerror}") from None
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
         out[model_id(data)[:8]] = data
     return out
 

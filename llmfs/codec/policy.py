@@ -51,8 +51,10 @@ class BlockCodec:
 
     def __init__(self, model: LanguageModel | ModelFile | None = None, policy: Policy = Policy(),
                  extra_models: tuple[LanguageModel | ModelFile, ...] = (),
-                 workers: int = 0) -> None:
-        """*workers* >= 1 runs the model in that many single-thread processes
+                 workers: int = 0, encoders: int = 1) -> None:
+        """*model* and the first ``encoders - 1`` of *extra_models* encode (each
+        block keeps the smallest verified frame of any of them); all decode.
+        *workers* >= 1 runs each model in that many single-thread processes
         (the GIL stays free for the caller); 0 runs it in this thread."""
         self.policy = policy
         self.model = model
@@ -60,12 +62,14 @@ class BlockCodec:
         for m in (model, *extra_models):
             if m is not None:
                 self.llm[m.short_id] = LLMPool(m, workers) if workers >= 1 else _in_process(m)
+        self.encoders = [m.short_id for m in (model, *extra_models)[:encoders] if m is not None]
         self.counters: Counter[str] = Counter()
 
     @classmethod
-    def from_model_files(cls, files: list[bytes], workers: int = 0) -> "BlockCodec":
+    def from_model_files(cls, files: list[bytes], workers: int = 0,
+                         encoders: int = 1) -> "BlockCodec":
         """A decoder for every model in *files* (model file bytes, e.g. a
-        store's models); the first one also encodes."""
+        store's models); the first *encoders* of them also encode."""
         if workers >= 1:   # the engine lives in the workers; this process stays torch-free
             models = [ModelFile(d) for d in files]
         else:
@@ -73,7 +77,7 @@ class BlockCodec:
 
             models = [LanguageModel.from_bytes(d) for d in files]
         return cls(models[0] if models else None, extra_models=tuple(models[1:]),
-                   workers=workers)
+                   workers=workers, encoders=encoders)
 
     def close(self) -> None:
         for c in self.llm.values():
@@ -113,19 +117,21 @@ class BlockCodec:
         return [f.pack() for f in frames]
 
     def _try_llm(self, blocks: list[bytes], frames: list[Frame], todo: list[int]) -> None:
-        codec = self.llm[self.model.short_id]
+        """Encode *todo* with every encoding model; keep per block the smallest
+        llm frame that the real decoder gave back."""
         cands: dict[int, Frame] = {}
-        # give up early when the model is already worse than the frame we hold
-        jobs = [(blocks[i], 8.0 * len(frames[i].payload) / len(blocks[i])) for i in todo]
-        for i, enc in zip(todo, codec.encode_many(jobs)):
-            best = frames[i]
-            if enc is None:
-                self.counters["llm_aborted"] += 1
-            elif len(enc.payload) + 12 < len(best.payload):
-                cands[i] = Frame(Codec.LLM, len(blocks[i]), best.digest, enc.payload,
-                                 self.model.short_id, enc.n_tokens)
-            else:
-                self.counters["llm_not_smaller"] += 1
+        for mid in self.encoders:
+            # give up early when the model is already worse than the best frame so far
+            best = {i: cands.get(i, frames[i]) for i in todo}
+            jobs = [(blocks[i], 8.0 * len(best[i].payload) / len(blocks[i])) for i in todo]
+            for i, enc in zip(todo, self.llm[mid].encode_many(jobs)):
+                if enc is None:
+                    self.counters["llm_aborted"] += 1
+                elif len(enc.payload) + 12 < len(best[i].payload):
+                    cands[i] = Frame(Codec.LLM, len(blocks[i]), best[i].digest, enc.payload,
+                                     mid, enc.n_tokens)
+                else:
+                    self.counters["llm_not_smaller"] += 1
         if not cands:
             return
         order = list(cands)  # verify: the real decoder must give the block back

@@ -106,11 +106,9 @@ class LLMFS(mfusepy.Operations):
         self._flusher = threading.Thread(target=self._flush_loop, name="llmfs-flusher",
                                          daemon=True)
         self._flusher.start()
-        models = self.store.read(lambda t: (t.meta("model"), t.models()))
-        if self.config.compact and models[1]:
-            default = bytes.fromhex(models[0] or "")
-            files = sorted(models[1].items(), key=lambda kv: kv[0] != default)
-            self.compactor = Compactor(self.store, [d for _, d in files], self._mutex,
+        files, encoders = self.store.read(lambda t: t.codec_models())
+        if self.config.compact and encoders:
+            self.compactor = Compactor(self.store, files, encoders, self._mutex,
                                        self.config, self._foreground_busy)
             self.compactor.start()
         log.info("mounted %s (block size %d)", self.store_path, self.bs)

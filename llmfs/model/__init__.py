@@ -7,6 +7,8 @@ from functools import cached_property
 from pathlib import Path
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "model.safetensors"
+# The id recorded in models/default/MODEL.md: a damaged or swapped default file is refused.
+DEFAULT_MODEL_ID = "b823fd72a0bd2b5616630ec9034a848d64ec13d26f374e2c76f830df760d3af0"
 
 
 def model_id(data: bytes) -> bytes:
@@ -21,6 +23,16 @@ def model_metadata(data: bytes) -> dict:
         return json.loads(data[8:8 + header_len]).get("__metadata__", {})
     except (ValueError, UnicodeDecodeError):
         return {}
+
+
+def read_model_file(path: Path | str) -> bytes:
+    """A model file's bytes; the shipped default only if its hash is the recorded one."""
+    data = Path(path).read_bytes()
+    if Path(path).resolve() == DEFAULT_MODEL and model_id(data).hex() != DEFAULT_MODEL_ID:
+        raise ValueError(f"{path}: the shipped model file is damaged (its hash is "
+                         f"{model_id(data).hex()[:16]}, not {DEFAULT_MODEL_ID[:16]}); "
+                         "reinstall llmfs")
+    return data
 
 
 @dataclass(frozen=True)
@@ -44,4 +56,5 @@ class ModelFile:
         return ByteTokenizer.from_str(model_metadata(self.data)["tokenizer"])
 
 
-__all__ = ["DEFAULT_MODEL", "ModelFile", "model_id", "model_metadata"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_ID", "ModelFile", "model_id", "model_metadata",
+           "read_model_file"]

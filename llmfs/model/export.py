@@ -104,23 +104,33 @@ def quantize(model: Transformer, calib: torch.Tensor) -> dict[str, torch.Tensor]
     return out
 
 
-def export(float_dir: Path, out_path: Path, calib_text: bytes, notes: dict | None = None) -> str:
-    """Quantise ``float_dir`` (float.safetensors, config.json, tokenizer.json) to *out_path*."""
+def calibration_batch(tok: ByteTokenizer, text: bytes, window: int) -> torch.Tensor:
+    """Up to 64 windows of *text*'s tokens: the activations that fix the static scales."""
+    ids = tok.encode(text)
+    n = min(64, len(ids) // window)
+    if n < 1:
+        raise ValueError("too little calibration text for one window")
+    return torch.from_numpy(ids[: n * window].astype("int64")).view(n, window)
+
+
+def load_float(float_dir: Path) -> tuple[Transformer, ByteTokenizer]:
+    """A float checkpoint written by ``train.py`` (float.safetensors, config.json, tokenizer.json)."""
     import json
 
     from safetensors.torch import load_file
 
     meta = json.loads((float_dir / "config.json").read_text())
-    cfg = Config(**{k: meta[k] for k in Config.__dataclass_fields__})
-    model = Transformer(cfg)
+    model = Transformer(Config(**{k: meta[k] for k in Config.__dataclass_fields__}))
     model.load_state_dict(load_file(str(float_dir / "float.safetensors")))
     model.eval()
-    tok = ByteTokenizer.load(float_dir / "tokenizer.json")
-    ids = tok.encode(calib_text)
-    n = min(64, len(ids) // cfg.window)
-    calib = torch.from_numpy(ids[: n * cfg.window]).view(n, cfg.window)
-    tensors = quantize(model, calib)
-    return save_model(out_path, cfg, tok, tensors, notes or {})
+    return model, ByteTokenizer.load(float_dir / "tokenizer.json")
+
+
+def export(float_dir: Path, out_path: Path, calib_text: bytes, notes: dict | None = None) -> str:
+    """Quantise ``float_dir`` to *out_path*; returns the model id as hex."""
+    model, tok = load_float(float_dir)
+    tensors = quantize(model, calibration_batch(tok, calib_text, model.cfg.window))
+    return save_model(out_path, model.cfg, tok, tensors, notes or {})
 
 
 def int_bpb_windows(model: "LanguageModel", ids, seq: int, n_bytes: int) -> float:
@@ -155,13 +165,10 @@ def main() -> None:
     calib, test = held[:200_000], held[200_000:400_000]
     mid = export(args.float_dir, args.out, calib, {})
     lm = LanguageModel.load(args.out)
-    from safetensors.torch import load_file
-
     from .train import evaluate
 
     cfg = lm.cfg
-    fm = Transformer(cfg)
-    fm.load_state_dict(load_file(str(args.float_dir / "float.safetensors")))
+    fm, _ = load_float(args.float_dir)
     ids = lm.tokenizer.encode(test)
     meta = json.loads((args.float_dir / "config.json").read_text())
     notes = {"train_step": meta.get("step"),
@@ -169,6 +176,9 @@ def main() -> None:
              "int_bpb": round(int_bpb_windows(lm, ids, cfg.window, len(test)), 4),
              "measured_on": "held-out corpus text, bytes 200000-400000, windows of cfg.window"}
     mid = export(args.float_dir, args.out, calib, notes)
+    from .tune import FLOAT_NAME, save_float
+
+    save_float(args.out.with_name(FLOAT_NAME), fm, bytes.fromhex(mid))
     print(json.dumps({"id": mid, **notes}, indent=2))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
-from . import DEFAULT_MODEL, model_id, model_metadata
+from . import DEFAULT_MODEL, model_id, model_metadata, read_model_file
 from .engine import Engine
 from .net import Config
 from .tokenizer import ByteTokenizer
@@ -21,12 +21,18 @@ from .tokenizer import ByteTokenizer
 FORMAT = "llmfs-int-1"
 
 
+def model_bytes(cfg: Config, tok: ByteTokenizer, tensors: dict[str, torch.Tensor],
+                notes: dict) -> bytes:
+    """The model file for integer *tensors* (see ``export.quantize``)."""
+    meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "tokenizer": tok.to_str(), "notes": json.dumps(notes, sort_keys=True)}
+    return save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=meta)
+
+
 def save_model(path: Path, cfg: Config, tok: ByteTokenizer, tensors: dict[str, torch.Tensor],
                notes: dict) -> str:
     """Write the model file; returns its id as hex."""
-    meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict(), sort_keys=True),
-            "tokenizer": tok.to_str(), "notes": json.dumps(notes, sort_keys=True)}
-    data = save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=meta)
+    data = model_bytes(cfg, tok, tensors, notes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return model_id(data).hex()
@@ -60,4 +66,4 @@ class LanguageModel:
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_MODEL, device: str = "cpu") -> "LanguageModel":
-        return cls.from_bytes(Path(path).read_bytes(), device)
+        return cls.from_bytes(read_model_file(path), device)

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,20 +81,44 @@ def main(argv: list[str] | None = None) -> None:
     cfg = Config(vocab=tok.vocab_size, d_model=args.d_model, n_layer=args.layers,
                  n_head=args.heads, d_ff=args.d_ff, window=args.window)
     model = Transformer(cfg).to(dev)
+
+    def checkpoint(step: int) -> None:
+        bpb = evaluate(model, held, cfg.window, len(held_bytes))
+        print(f"step {step} held-out bpb {bpb:.4f}", flush=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(args.out / "float.safetensors"))
+        (args.out / "config.json").write_text(json.dumps(
+            {**cfg.to_dict(), "step": step, "heldout_bpb": bpb}, indent=2))
+
+    train_steps(model, ids, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                log=lambda msg: print(msg, flush=True), every=checkpoint)
+
+
+def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, lr: float,
+                seed: int = 0, warmup: int = 200, log: Callable[[str], None] | None = None,
+                every: Callable[[int], None] | None = None,
+                progress: Callable[[int], None] | None = None) -> float:
+    """AdamW with cosine decay on random windows of *ids*; returns the last loss.
+    *every* is called each 1000 steps and at the end (checkpoints), *progress*
+    after each step."""
+    dev = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": other, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
-    seq = cfg.window
-    rng = np.random.default_rng(args.seed)
+                            lr=lr, betas=(0.9, 0.95))
+    seq = model.cfg.window
+    if len(ids) <= seq + 1:
+        raise ValueError(f"{len(ids)} tokens: too little text to train on (need > {seq + 1})")
+    rng = np.random.default_rng(seed)
+    model.train()
     t0 = time.time()
-    for step in range(1, args.steps + 1):
-        warm = min(1.0, step / 200)
-        lr = args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+    loss = torch.tensor(float("nan"))
+    for step in range(1, steps + 1):
+        rate = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
-            g["lr"] = lr
-        starts = rng.integers(0, len(ids) - seq - 1, args.batch)
+            g["lr"] = rate
+        starts = rng.integers(0, len(ids) - seq - 1, batch)
         chunk = np.stack([ids[s:s + seq + 1] for s in starts]).astype(np.int64)
         x = torch.from_numpy(chunk).to(dev)
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
@@ -101,18 +126,16 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0 or step == args.steps:
+        if log and (step % 100 == 0 or step == steps):
             el = time.time() - t0
-            print(f"step {step} loss {loss.item():.3f} lr {lr:.2e} "
-                  f"{step * args.batch * seq / el:,.0f} tok/s {el:.0f}s", flush=True)
-        if step % 1000 == 0 or step == args.steps:
-            bpb = evaluate(model, held, seq, len(held_bytes))
-            print(f"step {step} held-out bpb {bpb:.4f}", flush=True)
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(args.out / "float.safetensors"))
-            (args.out / "config.json").write_text(json.dumps(
-                {**cfg.to_dict(), "step": step, "heldout_bpb": bpb}, indent=2))
-
+            log(f"step {step} loss {loss.item():.3f} lr {rate:.2e} "
+                f"{step * batch * seq / el:,.0f} tok/s {el:.0f}s")
+        if every and (step % 1000 == 0 or step == steps):
+            every(step)
+        if progress:
+            progress(1)
+    model.eval()
+    return float(loss.item())
 
 if __name__ == "__main__":
     main()

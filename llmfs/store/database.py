@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
+import zstandard
 
 from .schema import (DATABASES, FORMAT_VERSION, ROOT_INO, Inode, fmap_index, fmap_key,
                      ino_key, ino_of, pack_ref, unpack_ref)
@@ -31,6 +32,15 @@ T = TypeVar("T")
 _MIN_MAP = 1 << 30
 _LOCKFILE = "llmfs.lock"
 _DISK_RESERVE = 16 << 20   # a failed commit with less free than this is "disk full"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"   # a safetensors file starts with its header length instead
+
+
+def _pack_model(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=19).compress(data)
+
+
+def _unpack_model(value: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(value) if value[:4] == _ZSTD_MAGIC else value
 
 
 class StoreError(Exception):
@@ -162,7 +172,7 @@ class Store:
                          atime_ns=now, mtime_ns=now, ctime_ns=now)
             txn.put(ino_key(ROOT_INO), root.pack(), db=dbs["inodes"])
             for short, data in models.items():
-                txn.put(short, data, db=dbs["models"])
+                txn.put(short, _pack_model(data), db=dbs["models"])
         env.close()
         return cls(path)
 
@@ -430,7 +440,24 @@ class Txn:
 
     # -- models ------------------------------------------------------------
     def models(self) -> dict[bytes, bytes]:
-        return dict(self.txn.cursor(db=self.db["models"]))
+        """Model files by short id (kept zstd-compressed: a model is megabytes
+        of integer tables that compress 2.4x, and every store carries one)."""
+        return {k: _unpack_model(v) for k, v in self.txn.cursor(db=self.db["models"])}
 
     def put_model(self, short_id: bytes, data: bytes) -> None:
-        self.txn.put(short_id, data, db=self.db["models"])
+        self.txn.put(short_id, _pack_model(data), db=self.db["models"])
+
+    def encode_models(self) -> list[bytes]:
+        """Short ids of the models blocks are encoded with, preferred first
+        (meta ``model``: comma-separated hex; each block keeps the smallest)."""
+        return [bytes.fromhex(h) for h in (self.meta("model") or "").split(",") if h]
+
+    def set_encode_models(self, ids: list[bytes]) -> None:
+        self.set_meta("model", ",".join(i.hex() for i in ids))
+
+    def codec_models(self) -> tuple[list[bytes], int]:
+        """Every model file of the store, the encoding ones first in order of
+        preference, and how many encode: ``BlockCodec.from_model_files`` input."""
+        files = self.models()
+        enc = [m for m in self.encode_models() if m in files]
+        return [files[m] for m in enc] + [d for m, d in files.items() if m not in enc], len(enc)

@@ -1,0 +1,163 @@
+"""``llmfs train``: a model for one archive, from a sample of its own data.
+
+Samples blocks of a store (or a directory), holds some back, fine-tunes the
+base model on the rest (``model/tune.py``) and measures both models on the
+held-back blocks with the real codec: the bytes an llm frame would take.
+For a store the new model is kept in it and put first among the models the
+compactor encodes with; every block still keeps the smallest verified frame
+of any of them, so the base model goes on serving the blocks it codes better.
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from .codec.frame import Codec
+from .codec.plain import decode_plain, frame_codec
+from .store import Store
+
+PROBE_RATIO = 0.97    # as the codec policy: zstd-1 keeping more than this -> not text-like
+
+
+def _compressible(block: bytes) -> bool:
+    probe = zstandard.ZstdCompressor(level=1)
+    return len(block) >= 256 and len(probe.compress(block)) < PROBE_RATIO * len(block)
+
+
+def _take(candidates: list, read: Callable[[object], bytes | None], nbytes: int,
+          seed: int) -> list[bytes]:
+    """Blocks from *candidates* in a seeded random order until *nbytes*;
+    incompressible ones are skipped (the model never sees them in a store)."""
+    random.Random(seed).shuffle(candidates)
+    out: list[bytes] = []
+    total = 0
+    for c in candidates:
+        if total >= nbytes:
+            break
+        block = read(c)
+        if block is not None and _compressible(block):
+            out.append(block)
+            total += len(block)
+    return out
+
+
+def sample_directory(root: Path, nbytes: int, block: int, seed: int = 0) -> list[bytes]:
+    """Up to *nbytes* of *block*-sized pieces of the regular files under *root*."""
+    spots: list[tuple[str, int]] = []
+    for d, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(d, n)
+            if os.path.isfile(p) and not os.path.islink(p):
+                spots += [(p, off) for off in range(0, os.path.getsize(p), block)]
+
+    def read(spot: object) -> bytes | None:
+        path, off = spot  # type: ignore[misc]
+        try:
+            with open(path, "rb") as f:
+                f.seek(off)
+                return f.read(block)
+        except OSError:
+            return None
+    return _take(spots, read, nbytes, seed)
+
+
+def sample_store(store: Store, nbytes: int, decode_llm: Callable[[list[bytes]], list],
+                 seed: int = 0) -> list[bytes]:
+    """Up to *nbytes* of a store's stored blocks; llm frames are decoded with
+    *decode_llm* (slow, so plain frames are taken first)."""
+    frames = store.read(lambda t: dict(t.scan("blocks")))
+    plain = [k for k, f in frames.items() if frame_codec(f) != Codec.LLM]
+    out = _take(plain, lambda k: _ok(decode_plain(frames[k])), nbytes, seed)
+    have = sum(map(len, out))
+    if have < nbytes:
+        llm = [k for k, f in frames.items() if frame_codec(f) == Codec.LLM]
+        random.Random(seed).shuffle(llm)
+        want = llm[: max(1, (nbytes - have) // max(1, store.block_size))]
+        out += [b for b in map(_ok, decode_llm([frames[k] for k in want])) if b is not None]
+    return out
+
+
+def _ok(result: object) -> bytes | None:
+    return result if isinstance(result, bytes) else None
+
+
+def split(blocks: list[bytes], held_fraction: float, held_max: int) -> tuple[list, list]:
+    """Hold back every k-th block (at least one, at most *held_max* bytes)."""
+    if len(blocks) < 2:
+        raise ValueError(f"the sample has {len(blocks)} compressible block(s); "
+                         "training needs at least 2 (one is held back)")
+    k = min(len(blocks), max(2, round(1 / held_fraction)))
+    held, train = [], []
+    for i, b in enumerate(blocks):
+        (held if i % k == k - 1 and sum(map(len, held)) < held_max else train).append(b)
+    return train, held
+
+
+@dataclass
+class Outcome:
+    model: bytes           # the new model file
+    train_bytes: int
+    held_bytes: int
+    base_stored: int       # llm payload bytes of the held-back blocks, base model
+    new_stored: int        # the same with the new model
+
+    @property
+    def base_bpb(self) -> float:
+        return 8 * self.base_stored / self.held_bytes
+
+    @property
+    def new_bpb(self) -> float:
+        return 8 * self.new_stored / self.held_bytes
+
+    @property
+    def wins(self) -> bool:
+        return self.new_stored < self.base_stored
+
+
+def llm_bytes(model_data: bytes, blocks: list[bytes]) -> int:
+    """Payload bytes of *blocks* as llm frames of this model (what compaction stores)."""
+    from .codec.llm import LLMCodec
+    from .model.modelfile import LanguageModel
+
+    codec = LLMCodec(LanguageModel.from_bytes(model_data))
+    return sum(len(e.payload) for e in codec.encode_many([(b, float("inf")) for b in blocks]))
+
+
+def train_model(base_path: Path, blocks: list[bytes], *, steps: int, held_fraction: float = 0.1,
+                held_max: int = 128 << 10, progress: Callable[[int], None] | None = None,
+                notes: dict | None = None) -> Outcome:
+    """Fine-tune the model at *base_path* on *blocks*; measure it on held-back ones."""
+    from .model.modelfile import LanguageModel
+    from .model.tune import FLOAT_NAME, finetune, load_float_for
+
+    base = LanguageModel.load(base_path)
+    float_model = load_float_for(base, base_path.with_name(FLOAT_NAME))
+    train, held = split(blocks, held_fraction, held_max)
+    data = finetune(base, float_model, train, steps=steps, progress=progress,
+                    notes={"sample_bytes": sum(map(len, train)), **(notes or {})})
+    return Outcome(data, sum(map(len, train)), sum(map(len, held)),
+                   llm_bytes(base.data, held), llm_bytes(data, held))
+
+
+def register(store: Store, model: bytes) -> list[bytes]:
+    """Keep *model* in the store, first among the encoding models, beside the
+    store's original model (earlier trained ones stay for decoding only).
+    Returns the encoding models' short ids."""
+    from .model import model_id
+
+    short = model_id(model)[:8]
+
+    def txn(t) -> list[bytes]:
+        enc = t.encode_models()
+        original = enc[-1:] if enc else []
+        t.put_model(short, model)
+        ids = [short] + [m for m in original if m != short]
+        t.set_encode_models(ids)
+        return ids
+    return store.write(txn)
+

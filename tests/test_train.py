@@ -1,0 +1,122 @@
+"""``llmfs train``: fine-tuning on an archive's own data, weights round trips,
+the shipped model's hash, and the compactor using a trained model."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load
+
+from llmfs.codec.frame import Codec, Frame
+from llmfs.model import DEFAULT_MODEL, DEFAULT_MODEL_ID, model_id, read_model_file
+from llmfs.model.modelfile import LanguageModel, model_bytes
+from llmfs.model.tune import FLOAT_NAME, load_float_for, save_float
+from llmfs.store import Store
+from llmfs.training import llm_bytes
+
+
+def log_lines(seed: int, n: int) -> bytes:
+    """Web-server-like log lines: a homogeneous archive the base model never saw."""
+    r = random.Random(seed)
+    out, t = [], 1_700_000_000
+    for _ in range(n):
+        t += r.randint(0, 3)
+        out.append(f"2026-11-{t % 28 + 1:02d}T{t % 24:02d}:{t % 60:02d}:{t * 7 % 60:02d}Z "
+                   f"{r.choice(['INFO', 'INFO', 'WARN', 'DEBUG'])} web[{r.randint(1000, 1099)}]: "
+                   f"user={r.choice(['alice', 'bob', 'carol', 'dave'])} "
+                   f"method={r.choice(['GET', 'POST'])} "
+                   f"path={r.choice(['/api/v1/items', '/login', '/static/app.js'])}/"
+                   f"{r.randint(1, 9999)} status={r.choice([200, 200, 201, 304, 404, 500])} "
+                   f"bytes={r.randint(100, 99999)} ms={r.randint(1, 900)}\n")
+    return "".join(out).encode()
+
+
+def llmfs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmfs.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_shipped_model_hash_is_checked(tmp_path, monkeypatch):
+    data = read_model_file(DEFAULT_MODEL)
+    assert model_id(data).hex() == DEFAULT_MODEL_ID
+    assert DEFAULT_MODEL_ID in (DEFAULT_MODEL.parent / "MODEL.md").read_text()
+    damaged = tmp_path / "model.safetensors"
+    damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    monkeypatch.setattr("llmfs.model.DEFAULT_MODEL", damaged.resolve())
+    with pytest.raises(ValueError, match="damaged"):
+        read_model_file(damaged)
+
+
+def test_weights_round_trip(tmp_path):
+    """Integer model file and float twin survive save/load; a float file of
+    another model is refused."""
+    base = LanguageModel.load()
+    fm = load_float_for(base, DEFAULT_MODEL.with_name(FLOAT_NAME))
+    again = LanguageModel.from_bytes(model_bytes(base.cfg, base.tokenizer, load(base.data),
+                                                 base.notes))
+    assert again.cfg == base.cfg and again.notes == base.notes
+    assert all(torch.equal(load(again.data)[k], v) for k, v in load(base.data).items())
+    junk = bytes(random.Random(0).randrange(256) for _ in range(3000))
+    assert again.tokenizer.decode(again.tokenizer.encode(junk)) == junk
+    save_float(tmp_path / FLOAT_NAME, fm, base.id)
+    back = load_float_for(base, tmp_path / FLOAT_NAME)
+    assert all(torch.equal(a, b) for a, b in zip(fm.state_dict().values(),
+                                                  back.state_dict().values()))
+    save_float(tmp_path / FLOAT_NAME, fm, bytes(32))
+    with pytest.raises(ValueError, match="another model"):
+        load_float_for(base, tmp_path / FLOAT_NAME)
+
+
+def test_train_directory_lowers_bpb_on_held_back_data(tmp_path):
+    src = tmp_path / "logs"
+    src.mkdir()
+    for i in range(3):
+        (src / f"app-{i}.log").write_bytes(log_lines(i, 1500))
+    out = tmp_path / "m.safetensors"
+    r = llmfs("train", str(src), "--steps", "40", "--sample", "400K", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "held-back" in r.stdout and out.exists()
+    new = LanguageModel.load(out)
+    assert new.notes["base"] == DEFAULT_MODEL_ID
+    unseen = log_lines(99, 400)[:32768]          # same generator, never sampled
+    base_bytes = llm_bytes(read_model_file(DEFAULT_MODEL), [unseen])
+    new_bytes = llm_bytes(new.data, [unseen])
+    assert new_bytes < 0.8 * base_bytes, (new_bytes, base_bytes)
+
+
+def test_train_store_registers_model_and_compactor_uses_it(tmp_path):
+    src, store, dst = tmp_path / "logs", tmp_path / "store", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        (src / f"app-{i}.log").write_bytes(log_lines(10 + i, 1000))
+    (src / "notes.txt").write_bytes((DEFAULT_MODEL.parent / "MODEL.md").read_bytes())
+    for args in (("mkfs", str(store), "--block-size", "16384"), ("import", str(src), str(store)),
+                 ("train", str(store), "--steps", "30", "--sample", "300K")):
+        r = llmfs(*args)
+        assert r.returncode == 0, (args, r.stderr)
+    assert "now encodes with" in r.stdout
+    s = Store(store, readonly=True)
+    enc = s.read(lambda t: t.encode_models())
+    models = s.read(lambda t: t.models())
+    s.close()
+    assert len(enc) == 2 and enc[1].hex() == DEFAULT_MODEL_ID[:16] and enc[0] in models
+    r = llmfs("compact", str(store), "--limit", "3")
+    assert r.returncode == 0, r.stderr
+    s = Store(store, readonly=True)
+    used = [Frame.unpack(f).model for _, f in s.read(lambda t: list(t.scan("blocks")))
+            if Frame.unpack(f).codec == Codec.LLM]
+    s.close()
+    assert used and enc[0] in used                    # log blocks went to the trained model
+    assert llmfs("fsck", str(store), "--scrub").returncode == 0
+    st = json.loads(llmfs("stats", str(store), "--json").stdout)
+    assert st["models"].get(enc[0].hex(), 0) >= 1
+    assert llmfs("export", str(store), str(dst)).returncode == 0
+    for p in src.iterdir():
+        assert (dst / p.name).read_bytes() == p.read_bytes()
+    shutil.rmtree(dst)
