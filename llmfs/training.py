@@ -161,3 +161,19 @@ def register(store: Store, model: bytes) -> list[bytes]:
         return ids
     return store.write(txn)
 
+
+def generated_logs(seed: int, lines: int) -> bytes:
+    """Synthetic web-server logs: a homogeneous archive the shipped model never
+    saw (``bench/train.py`` and the tests measure ``llmfs train`` on them)."""
+    r = random.Random(seed)
+    out, t = [], 1_700_000_000
+    for _ in range(lines):
+        t += r.randint(0, 3)
+        out.append(f"2026-11-{t % 28 + 1:02d}T{t % 24:02d}:{t % 60:02d}:{t * 7 % 60:02d}Z "
+                   f"{r.choice(['INFO', 'INFO', 'WARN', 'DEBUG'])} web[{r.randint(1000, 1099)}]: "
+                   f"user={r.choice(['alice', 'bob', 'carol', 'dave'])} "
+                   f"method={r.choice(['GET', 'POST'])} "
+                   f"path={r.choice(['/api/v1/items', '/login', '/static/app.js'])}/"
+                   f"{r.randint(1, 9999)} status={r.choice([200, 200, 201, 304, 404, 500])} "
+                   f"bytes={r.randint(100, 99999)} ms={r.randint(1, 900)}\n")
+    return "".join(out).encode()

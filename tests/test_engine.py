@@ -76,3 +76,20 @@ def test_cuda_tables_equal_cpu(model, tokens):
     cpu_t = tables(model.engine, tokens, 1)
     gpu_t = tables(gpu.engine, tokens, 64).cpu()
     assert torch.equal(cpu_t, gpu_t)
+
+
+def test_requant_wide_matches_big_integer_rounding():
+    """The strong tier's wide requantisation: exact against Python integers,
+    at the extremes of its range, where plain int64 products would overflow."""
+    import random
+
+    from llmfs.model.engine import SHIFT, requant_wide
+
+    rng = random.Random(3)
+    acc = [rng.randrange(-(1 << 53) + 1, 1 << 53) for _ in range(500)] + [(1 << 53) - 1,
+                                                                             -(1 << 53) + 1, 0]
+    mult = [rng.randrange(1, 1 << 33) for _ in acc]
+    got = requant_wide(torch.tensor(acc), torch.tensor(mult), 20).tolist()
+    for a, m, g in zip(acc, mult, got):
+        exact = a * m / 2 ** (SHIFT + 20)
+        assert abs(g - exact) <= 1, (a, m, g, exact)

@@ -18,23 +18,7 @@ from llmfs.model import DEFAULT_MODEL, DEFAULT_MODEL_ID, model_id, read_model_fi
 from llmfs.model.modelfile import LanguageModel, model_bytes
 from llmfs.model.tune import FLOAT_NAME, load_float_for, save_float
 from llmfs.store import Store
-from llmfs.training import llm_bytes
-
-
-def log_lines(seed: int, n: int) -> bytes:
-    """Web-server-like log lines: a homogeneous archive the base model never saw."""
-    r = random.Random(seed)
-    out, t = [], 1_700_000_000
-    for _ in range(n):
-        t += r.randint(0, 3)
-        out.append(f"2026-11-{t % 28 + 1:02d}T{t % 24:02d}:{t % 60:02d}:{t * 7 % 60:02d}Z "
-                   f"{r.choice(['INFO', 'INFO', 'WARN', 'DEBUG'])} web[{r.randint(1000, 1099)}]: "
-                   f"user={r.choice(['alice', 'bob', 'carol', 'dave'])} "
-                   f"method={r.choice(['GET', 'POST'])} "
-                   f"path={r.choice(['/api/v1/items', '/login', '/static/app.js'])}/"
-                   f"{r.randint(1, 9999)} status={r.choice([200, 200, 201, 304, 404, 500])} "
-                   f"bytes={r.randint(100, 99999)} ms={r.randint(1, 900)}\n")
-    return "".join(out).encode()
+from llmfs.training import generated_logs as log_lines, llm_bytes
 
 
 def llmfs(*args: str) -> subprocess.CompletedProcess:

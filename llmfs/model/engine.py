@@ -60,11 +60,11 @@ def requant(acc: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
 
 
 def requant_wide(acc: torch.Tensor, mult: torch.Tensor, extra: int) -> torch.Tensor:
-    """round(acc * mult / 2**(SHIFT + extra)) for |acc| up to 2**53 without
-    int64 overflow: the low *extra* bits of acc are scaled apart and added back."""
-    hi, lo = acc >> extra, acc & ((1 << extra) - 1)
-    return (hi * mult + ((lo * mult + (1 << (extra - 1))) >> extra)
-            + (1 << (SHIFT - 1))) >> SHIFT
+    """round(acc * mult / 2**(SHIFT + extra)) for |acc| < 2**53 and mult < 2**33
+    without int64 overflow: acc is split at bit 24 and the halves scaled apart."""
+    hi, lo = acc >> 24, acc & ((1 << 24) - 1)            # hi < 2**29, lo < 2**24
+    t = SHIFT + extra - 24
+    return (hi * mult + ((lo * mult + (1 << 23)) >> 24) + (1 << (t - 1))) >> t
 
 
 def clamp8(x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +169,7 @@ class Engine:
             if self.llama and (cfg.d_ff > 2048 or (extra["h_shift"] < 0).any()
                                or (extra["h_shift"] > H_SHIFT_MAX).any()):
                 raise ValueError("SwiGLU product shifts out of the exact float64 range")
-            if self.llama and (t(p + "w2_m").abs() >= 1 << 29).any():  # hi * mult < 2**62
+            if self.llama and (t(p + "w2_m").abs() >= 1 << 33).any():  # see requant_wide
                 raise ValueError("w2 multipliers out of range")
             w2 = w(p + "w2").to(torch.float64) if self.llama else w(p + "w2")
             self.layers.append(LayerW(
