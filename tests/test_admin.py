@@ -86,3 +86,33 @@ def test_every_store_command_takes_config_and_rejects_a_bad_one(tmp_path):
         r = llmfs(*args, "--config", str(good))
         assert r.returncode == 0, (args, r.stderr)
     assert (dst / "a").read_bytes() == SAMPLE[:5000]
+
+
+def test_compact_does_not_retry_blocks_the_models_cannot_shrink(tmp_path):
+    """Blocks no encoding model shrank are marked and skipped on the next walk
+    (offline and in the daemon's cold_blocks) until the models change."""
+    import random
+
+    from llmfs.codec.policy import encoder_tag
+    from llmfs.compactor import cold_blocks
+    from llmfs.model import model_id
+
+    store, src = tmp_path / "s", tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(5)   # 16 symbols at random: zstd codes 4 bits each, the model cannot
+    (src / "noise").write_bytes(bytes(rng.choice(b"0123456789abcdef") for _ in range(32768)))
+    assert llmfs("mkfs", str(store), "--block-size", "16384").returncode == 0
+    assert llmfs("import", str(src), str(store)).returncode == 0
+    first = llmfs("compact", str(store))
+    assert first.returncode == 0 and "tried 2 zstd blocks" in first.stdout, first.stdout
+    assert "0 now llm" in first.stdout
+    again = llmfs("compact", str(store))
+    assert "tried 0 zstd blocks" in again.stdout and "2 skipped" in again.stdout, again.stdout
+    forced = llmfs("compact", str(store), "--retry")
+    assert "tried 2 zstd blocks" in forced.stdout, forced.stdout
+    s = Store(store, readonly=True)
+    files, n = s.read(lambda t: t.codec_models())
+    tag = encoder_tag([model_id(d)[:8] for d in files[:n]])
+    assert s.read(lambda t: cold_blocks(t, b"", 10, 1 << 62, tag))[0] == []
+    assert len(s.read(lambda t: cold_blocks(t, b"", 10, 1 << 62, b"other model"))[0]) == 2
+    s.close()

@@ -51,9 +51,11 @@ def _human(n: float) -> str:
               show_default="number of cores", help="Model processes.")
 @click.option("--batch", type=click.IntRange(1), default=None,
               help="Blocks encoded per transaction (default: compact_batch of the config).")
+@click.option("--retry", is_flag=True,
+              help="Also try blocks these models already failed to shrink.")
 @config_opt
 def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
-            batch: int | None, config_path: str | None) -> None:
+            batch: int | None, retry: bool, config_path: str | None) -> None:
     """Re-encode a store's zstd blocks with the model, offline (the store must
     not be mounted).  Each block is swapped only when the llm frame is smaller
     and decoded back to the same bytes."""
@@ -61,8 +63,10 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
 
     from ..codec.frame import Codec
     from ..codec.plain import frame_codec
-    from ..codec.policy import BlockCodec
+    from ..codec.policy import BlockCodec, encoder_tag
     from ..compactor import recompress
+    from ..model import model_id
+    from ..store.schema import ref_tried
 
     batch = batch or _config(config_path).compact_batch
     with _exclusive(store) as s:
@@ -79,7 +83,12 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         if not encoders:
             raise click.ClickException(f"{store}: no model to encode with "
                                        f"(the store holds: {len(files)} models)")
+        tag = encoder_tag([model_id(d)[:8] for d in files[:encoders]])
         keys = s.read(lambda t: [k for k, f in t.scan("blocks") if frame_codec(f) == Codec.ZSTD])
+        tried = set() if retry else s.read(
+            lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})
+        skipped = sum(k in tried for k in keys)
+        keys = [k for k in keys if k not in tried]
         keys = keys[:limit] if limit else keys
         totals: dict[str, int] = {}
         t0 = time.monotonic()
@@ -93,8 +102,11 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                 bar.update(len(part))
         dt = time.monotonic() - t0
     click.echo(f"{store}: tried {len(keys)} zstd blocks in {dt:.0f} s; "
-               f"{totals.get('llm', 0)} now llm, {totals.get('kept', 0)} kept as they were; "
+               f"{totals.get('llm', 0)} now llm, {totals.get('zstd', 0)} now zstd -19, "
+               f"{totals.get('kept', 0)} kept as they were; "
                f"saved {_human(totals.get('saved_bytes', 0))}"
+               + (f"; {skipped} skipped (already tried with these models; --retry)"
+                  if skipped else "")
                + (f"; {totals['verify_failures']} llm verify failures"
                   if totals.get("verify_failures") else ""))
 

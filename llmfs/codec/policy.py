@@ -9,6 +9,7 @@ the block; every failure is counted.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ def _in_process(model: LanguageModel | ModelFile) -> LLMCodec:
     return LLMCodec(model)
 
 
+def encoder_tag(short_ids: list[bytes]) -> bytes:
+    """Names a list of encoding models: the compactor marks blocks none of them
+    shrank with it, and tries them again only when the list changes."""
+    return hashlib.blake2b(b"".join(short_ids), digest_size=8).digest()
+
+
 class BlockCodec:
     """Encodes and decodes block frames; holds the models it may use."""
 
@@ -64,6 +71,11 @@ class BlockCodec:
                 self.llm[m.short_id] = LLMPool(m, workers) if workers >= 1 else _in_process(m)
         self.encoders = [m.short_id for m in (model, *extra_models)[:encoders] if m is not None]
         self.counters: Counter[str] = Counter()
+
+    @property
+    def encoder_tag(self) -> bytes:
+        """8 bytes naming the set of encoding models (see ``encoder_tag``)."""
+        return encoder_tag(self.encoders)
 
     @classmethod
     def from_model_files(cls, files: list[bytes], workers: int = 0,

@@ -413,6 +413,13 @@ class Txn:
         return True
 
     # -- repairs (fsck): change one structure without the usual bookkeeping --
+    def mark_tried(self, key: bytes, tag: bytes) -> None:
+        """Remember that the encoding models *tag* did not shrink block *key*
+        (cleared whenever its refcount changes)."""
+        ref = self.txn.get(key, db=self.db["refs"])
+        if ref is not None:
+            self.txn.put(key, pack_ref(*unpack_ref(ref), tag), db=self.db["refs"])
+
     def unmap_block(self, ino: int, index: int) -> None:
         """Remove a block map entry without touching the block's refcount."""
         self.txn.delete(fmap_key(ino, index), db=self.db["fmap"])

@@ -61,12 +61,19 @@ def fmap_index(key: bytes) -> int:
     return _U64x2.unpack(key)[1]
 
 
-def pack_ref(count: int, written_ns: int) -> bytes:
-    return _REF.pack(count, written_ns)
+def pack_ref(count: int, written_ns: int, tried: bytes = b"") -> bytes:
+    """A block's refcount and write time; *tried* (8 bytes, optional) marks the
+    set of encoding models the compactor already tried on it without a gain."""
+    return _REF.pack(count, written_ns) + tried
 
 
 def unpack_ref(value: bytes) -> tuple[int, int]:
-    return _REF.unpack(value)
+    return _REF.unpack(value[:_REF.size])
+
+
+def ref_tried(value: bytes) -> bytes:
+    """The tried-models tag of a refs value (b"" when never tried)."""
+    return value[_REF.size:]
 
 
 @dataclass
