@@ -115,8 +115,8 @@ def main() -> None:
     sq = args.dir / "tree.sqsh"
     dt = timed(f"mksquashfs {tree} {sq} -comp xz -b 1M -noappend -no-progress -quiet")
     rows.append(("mksquashfs -comp xz -b 1M", sq.stat().st_size, dt, ""))
-    for name, cmd, ext in (("tar | xz -9e", "xz -9e -T1", "xz"),
-                           ("tar | zstd -19", "zstd -19 -q -T1", "zst")):
+    for name, cmd, ext in (("tar \\| xz -9e", "xz -9e -T1", "xz"),
+                           ("tar \\| zstd -19", "zstd -19 -q -T1", "zst")):
         out = args.dir / f"tree.tar.{ext}"
         dt = timed(f"tar -C {tree} -cf - . | {cmd} > {out}")
         rows.append((name, out.stat().st_size, dt, ""))
