@@ -103,7 +103,7 @@ class Outcome:
     model: bytes           # the new model file
     train_bytes: int
     held_bytes: int
-    base_stored: int       # llm payload bytes of the held-back blocks, base model
+    base_stored: int       # llm payload bytes of the held-back blocks, the rival model
     new_stored: int        # the same with the new model
 
     @property
@@ -130,8 +130,9 @@ def llm_bytes(model_data: bytes, blocks: list[bytes]) -> int:
 
 def train_model(base_path: Path, blocks: list[bytes], *, steps: int, held_fraction: float = 0.1,
                 held_max: int = 128 << 10, progress: Callable[[int], None] | None = None,
-                notes: dict | None = None) -> Outcome:
-    """Fine-tune the model at *base_path* on *blocks*; measure it on held-back ones."""
+                notes: dict | None = None, rival: bytes | None = None) -> Outcome:
+    """Fine-tune the model at *base_path* on *blocks*; measure it on held-back
+    ones against *rival* (a model file; default: the base model)."""
     from .model.modelfile import LanguageModel
     from .model.tune import FLOAT_NAME, finetune, load_float_for
 
@@ -141,7 +142,7 @@ def train_model(base_path: Path, blocks: list[bytes], *, steps: int, held_fracti
     data = finetune(base, float_model, train, steps=steps, progress=progress,
                     notes={"sample_bytes": sum(map(len, train)), **(notes or {})})
     return Outcome(data, sum(map(len, train)), sum(map(len, held)),
-                   llm_bytes(base.data, held), llm_bytes(data, held))
+                   llm_bytes(rival or base.data, held), llm_bytes(data, held))
 
 
 def register(store: Store, model: bytes) -> list[bytes]:

@@ -61,9 +61,12 @@ def train(source: str, out: str | None, sample: int, steps: int, base: str | Non
     base_path = Path(base) if base else DEFAULT_MODEL
     is_store = (Path(source) / "data.mdb").exists()
     t0 = time.monotonic()
+    rival = None      # what the new model must beat: a store's current encoding model
     if is_store:
         with _exclusive(source) as s:
             blocks = sample_store(s, sample, _decoder(s), seed)
+            files, encoders = s.read(lambda t: t.codec_models())
+            rival = files[0] if encoders else None
     else:
         blocks = sample_directory(Path(source), sample, cfg.block_size, seed)
     click.echo(f"sampled {sum(map(len, blocks)):,} bytes in {len(blocks)} blocks "
@@ -71,13 +74,13 @@ def train(source: str, out: str | None, sample: int, steps: int, base: str | Non
     try:
         with tqdm(total=steps, unit="step", desc="train", disable=not os.isatty(2)) as bar:
             res = train_model(base_path, blocks, steps=steps, progress=bar.update,
-                              notes={"seed": seed})
+                              notes={"seed": seed}, rival=rival)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     mid = model_id(res.model)
     click.echo(f"model {mid.hex()[:16]}: trained on {res.train_bytes:,} bytes, {steps} steps, "
                f"{time.monotonic() - t0:.0f} s; held-back {res.held_bytes:,} bytes: "
-               f"{res.new_bpb:.3f} bpb (base model {res.base_bpb:.3f}, "
+               f"{res.new_bpb:.3f} bpb ({'store' if rival else 'base'} model {res.base_bpb:.3f}, "
                f"{100 * (res.new_stored / res.base_stored - 1):+.1f} %)")
     if out or not is_store:
         path = Path(out or f"llmfs-{mid.hex()[:16]}.safetensors")
@@ -85,8 +88,8 @@ def train(source: str, out: str | None, sample: int, steps: int, base: str | Non
         click.echo(f"wrote {path}")
     if is_store:
         if not res.wins:
-            click.echo(f"{source}: not registered (no better than the base model on the "
-                       "held-back sample)")
+            click.echo(f"{source}: not registered (no better than the store's model on "
+                       "the held-back sample)")
             return
         with _exclusive(source) as s:
             ids = register(s, res.model)
