@@ -84,6 +84,6 @@ def _collect(t: Txn) -> StoreStats:
         st.mapped_bytes += raw_len.get(key, 0) * unpack_ref(ref)[0]
     st.unique_bytes = sum(raw_len.values())
     st.stored_bytes = sum(r.stored for r in st.codecs.values())
-    st.models = {m.hex(): models.get(m.hex(), 0) for m in t.models()}
+    st.models = {m.hex(): models.get(m.hex(), 0) for m in t.model_ids()}
     st.counters = t.counters()
     return st

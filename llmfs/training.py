@@ -14,19 +14,22 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zstandard
 
 from .codec.frame import Codec
 from .codec.plain import decode_plain, frame_codec
+from .codec.policy import Policy
 from .store import Store
 
-PROBE_RATIO = 0.97    # as the codec policy: zstd-1 keeping more than this -> not text-like
-
+if TYPE_CHECKING:
+    from .model.modelfile import LanguageModel
 
 def _compressible(block: bytes) -> bool:
+    """The codec policy's probe: blocks zstd -1 cannot shrink never reach the model."""
     probe = zstandard.ZstdCompressor(level=1)
-    return len(block) >= 256 and len(probe.compress(block)) < PROBE_RATIO * len(block)
+    return len(block) >= 256 and len(probe.compress(block)) < Policy.probe_ratio * len(block)
 
 
 def _take(candidates: list, read: Callable[[object], bytes | None], nbytes: int,
@@ -68,17 +71,27 @@ def sample_directory(root: Path, nbytes: int, block: int, seed: int = 0) -> list
 
 def sample_store(store: Store, nbytes: int, decode_llm: Callable[[list[bytes]], list],
                  seed: int = 0) -> list[bytes]:
-    """Up to *nbytes* of a store's stored blocks; llm frames are decoded with
-    *decode_llm* (slow, so plain frames are taken first)."""
-    frames = store.read(lambda t: dict(t.scan("blocks")))
-    plain = [k for k, f in frames.items() if frame_codec(f) != Codec.LLM]
-    out = _take(plain, lambda k: _ok(decode_plain(frames[k])), nbytes, seed)
+    """Up to *nbytes* of a store's stored blocks, read one at a time (a store
+    may be far larger than memory); llm frames are decoded with *decode_llm*
+    only when the plain ones are too few (the model is slow)."""
+    keys = store.read(lambda t: [k for k, _ in t.scan("refs")])
+    llm: list[bytes] = []          # keys of llm frames met on the way
+
+    def read(key: object) -> bytes | None:
+        frame = store.read(lambda t: t.frame(key))
+        if frame is None:
+            return None
+        if frame_codec(frame) == Codec.LLM:
+            llm.append(key)        # type: ignore[arg-type]
+            return None
+        return _ok(decode_plain(frame))
+
+    out = _take(keys, read, nbytes, seed)
     have = sum(map(len, out))
-    if have < nbytes:
-        llm = [k for k, f in frames.items() if frame_codec(f) == Codec.LLM]
-        random.Random(seed).shuffle(llm)
+    if have < nbytes and llm:
         want = llm[: max(1, (nbytes - have) // max(1, store.block_size))]
-        out += [b for b in map(_ok, decode_llm([frames[k] for k in want])) if b is not None]
+        frames = [f for f in store.read(lambda t: [t.frame(k) for k in want]) if f is not None]
+        out += [b for b in map(_ok, decode_llm(frames)) if b is not None]
     return out
 
 
@@ -119,12 +132,11 @@ class Outcome:
         return self.new_stored < self.base_stored
 
 
-def llm_bytes(model_data: bytes, blocks: list[bytes]) -> int:
-    """Payload bytes of *blocks* as llm frames of this model (what compaction stores)."""
+def llm_bytes(model: LanguageModel, blocks: list[bytes]) -> int:
+    """Payload bytes of *blocks* as llm frames of *model* (what compaction stores)."""
     from .codec.llm import LLMCodec
-    from .model.modelfile import LanguageModel
 
-    codec = LLMCodec(LanguageModel.from_bytes(model_data))
+    codec = LLMCodec(model)
     return sum(len(e.payload) for e in codec.encode_many([(b, float("inf")) for b in blocks]))
 
 
@@ -141,8 +153,9 @@ def train_model(base_path: Path, blocks: list[bytes], *, steps: int, held_fracti
     train, held = split(blocks, held_fraction, held_max)
     data = finetune(base, float_model, train, steps=steps, progress=progress,
                     notes={"sample_bytes": sum(map(len, train)), **(notes or {})})
+    rival_model = LanguageModel.from_bytes(rival) if rival else base
     return Outcome(data, sum(map(len, train)), sum(map(len, held)),
-                   llm_bytes(rival or base.data, held), llm_bytes(data, held))
+                   llm_bytes(rival_model, held), llm_bytes(LanguageModel.from_bytes(data), held))
 
 
 def register(store: Store, model: bytes) -> list[bytes]:

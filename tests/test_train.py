@@ -69,8 +69,8 @@ def test_train_directory_lowers_bpb_on_held_back_data(tmp_path):
     new = LanguageModel.load(out)
     assert new.notes["base"] == DEFAULT_MODEL_ID
     unseen = log_lines(99, 400)[:32768]          # same generator, never sampled
-    base_bytes = llm_bytes(read_model_file(DEFAULT_MODEL), [unseen])
-    new_bytes = llm_bytes(new.data, [unseen])
+    base_bytes = llm_bytes(LanguageModel.load(), [unseen])
+    new_bytes = llm_bytes(new, [unseen])
     assert new_bytes < 0.8 * base_bytes, (new_bytes, base_bytes)
 
 

@@ -63,9 +63,8 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
 
     from ..codec.frame import Codec
     from ..codec.plain import frame_codec
-    from ..codec.policy import BlockCodec, encoder_tag
+    from ..codec.policy import BlockCodec
     from ..compactor import recompress
-    from ..model import model_id
     from ..store.schema import ref_tried
 
     batch = batch or _config(config_path).compact_batch
@@ -83,23 +82,24 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         if not encoders:
             raise click.ClickException(f"{store}: no model to encode with "
                                        f"(the store holds: {len(files)} models)")
-        tag = encoder_tag([model_id(d)[:8] for d in files[:encoders]])
-        keys = s.read(lambda t: [k for k, f in t.scan("blocks") if frame_codec(f) == Codec.ZSTD])
-        tried = set() if retry else s.read(
-            lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})
-        skipped = sum(k in tried for k in keys)
-        keys = [k for k in keys if k not in tried]
-        keys = keys[:limit] if limit else keys
         totals: dict[str, int] = {}
         t0 = time.monotonic()
-        with BlockCodec.from_model_files(files, workers, encoders) as codec, \
-                tqdm(total=len(keys), unit="block", desc="compact",
-                     disable=not os.isatty(2)) as bar:
-            for i in range(0, len(keys), batch):
-                part = keys[i:i + batch]
-                for k, v in recompress(s, codec, part).items():
-                    totals[k] = totals.get(k, 0) + v
-                bar.update(len(part))
+        with BlockCodec.from_model_files(files, workers, encoders) as codec:
+            keys = s.read(lambda t: [k for k, f in t.scan("blocks")
+                                     if frame_codec(f) == Codec.ZSTD])
+            tag = codec.encoder_tag
+            tried = set() if retry else s.read(
+                lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})
+            skipped = sum(k in tried for k in keys)
+            keys = [k for k in keys if k not in tried]
+            keys = keys[:limit] if limit else keys
+            with tqdm(total=len(keys), unit="block", desc="compact",
+                      disable=not os.isatty(2)) as bar:
+                for i in range(0, len(keys), batch):
+                    part = keys[i:i + batch]
+                    for k, v in recompress(s, codec, part).items():
+                        totals[k] = totals.get(k, 0) + v
+                    bar.update(len(part))
         dt = time.monotonic() - t0
     click.echo(f"{store}: tried {len(keys)} zstd blocks in {dt:.0f} s; "
                f"{totals.get('llm', 0)} now llm, {totals.get('zstd', 0)} now zstd -19, "

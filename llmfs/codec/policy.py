@@ -70,12 +70,8 @@ class BlockCodec:
             if m is not None:
                 self.llm[m.short_id] = LLMPool(m, workers) if workers >= 1 else _in_process(m)
         self.encoders = [m.short_id for m in (model, *extra_models)[:encoders] if m is not None]
+        self.encoder_tag = encoder_tag(self.encoders)   # names this set of encoding models
         self.counters: Counter[str] = Counter()
-
-    @property
-    def encoder_tag(self) -> bytes:
-        """8 bytes naming the set of encoding models (see ``encoder_tag``)."""
-        return encoder_tag(self.encoders)
 
     @classmethod
     def from_model_files(cls, files: list[bytes], workers: int = 0,

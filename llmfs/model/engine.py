@@ -169,16 +169,18 @@ class Engine:
             if self.llama and (cfg.d_ff > 2048 or (extra["h_shift"] < 0).any()
                                or (extra["h_shift"] > H_SHIFT_MAX).any()):
                 raise ValueError("SwiGLU product shifts out of the exact float64 range")
-            if self.llama and (t(p + "w2_m").abs() >= 1 << 33).any():  # see requant_wide
-                raise ValueError("w2 multipliers out of range")
-            w2 = w(p + "w2").to(torch.float64) if self.llama else w(p + "w2")
+            w2, w2_m = w(p + "w2"), t(p + "w2_m")
+            if self.llama:        # float64 matmul; multipliers < 2**33, see requant_wide
+                w2 = w2.to(torch.float64)
+                if (w2_m.abs() >= 1 << 33).any():
+                    raise ValueError("w2 multipliers out of range")
             self.layers.append(LayerW(
                 norm1=t(p + "norm1"), wqkv=w(p + "wqkv"), qkv_m=t(p + "qkv_m"),
                 score_half=2.0 ** (shift - 1), score_scale=2.0 ** -shift,
                 wo=w(p + "wo"), wo_m=t(p + "wo_m"),
                 norm2=t(p + "norm2"), w1=w(p + "w1"), w1_m=t(p + "w1_m"),
                 gelu=gelu.flatten(), gelu_n=(gelu.shape[1] - 1) // 2,
-                w2=w2, w2_m=t(p + "w2_m"), **extra))
+                w2=w2, w2_m=w2_m, **extra))
         if self.llama:
             # rotary tables: round(cos/sin(angle) * 2**ROPE_BITS) per position and pair
             self.rope_cos = t("rope_cos", torch.float32)

@@ -404,6 +404,13 @@ class Txn:
         """Every stored block key."""
         return self.txn.cursor(db=self.db["blocks"]).iternext(values=False)
 
+    def mark_tried(self, key: bytes, tag: bytes) -> None:
+        """Remember that the encoding models *tag* did not shrink block *key*
+        (cleared whenever its refcount changes)."""
+        ref = self.txn.get(key, db=self.db["refs"])
+        if ref is not None:
+            self.txn.put(key, pack_ref(*unpack_ref(ref), tag), db=self.db["refs"])
+
     def replace_frame(self, key: bytes, frame: bytes) -> bool:
         """Swap the stored frame of a block (the compactor's re-encode); False
         when the block is no longer stored."""
@@ -413,13 +420,6 @@ class Txn:
         return True
 
     # -- repairs (fsck): change one structure without the usual bookkeeping --
-    def mark_tried(self, key: bytes, tag: bytes) -> None:
-        """Remember that the encoding models *tag* did not shrink block *key*
-        (cleared whenever its refcount changes)."""
-        ref = self.txn.get(key, db=self.db["refs"])
-        if ref is not None:
-            self.txn.put(key, pack_ref(*unpack_ref(ref), tag), db=self.db["refs"])
-
     def unmap_block(self, ino: int, index: int) -> None:
         """Remove a block map entry without touching the block's refcount."""
         self.txn.delete(fmap_key(ino, index), db=self.db["fmap"])
@@ -450,6 +450,10 @@ class Txn:
         """Model files by short id (kept zstd-compressed: a model is megabytes
         of integer tables that compress 2.4x, and every store carries one)."""
         return {k: _unpack_model(v) for k, v in self.txn.cursor(db=self.db["models"])}
+
+    def model_ids(self) -> list[bytes]:
+        """Short ids of the models kept (without decompressing them)."""
+        return list(self.txn.cursor(db=self.db["models"]).iternext(values=False))
 
     def put_model(self, short_id: bytes, data: bytes) -> None:
         self.txn.put(short_id, _pack_model(data), db=self.db["models"])
