@@ -11,9 +11,7 @@ the bits per byte need training and are not printed.  Not a test.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmfs.bench import corpus_files, read_sample  # noqa: E402
+from llmfs.bench import corpus_files, measure, read_sample, warm_up  # noqa: E402
 from llmfs.codec.workers import LLMPool  # noqa: E402
 from llmfs.model.export import quantize  # noqa: E402
 from llmfs.model.modelfile import LanguageModel, model_bytes  # noqa: E402
@@ -49,7 +47,6 @@ def main() -> None:
     args = ap.parse_args()
     dickens = next(p for p in corpus_files() if p.name.startswith("dickens"))
     data = read_sample(dickens, args.kib << 10)
-    blocks = [data[i:i + (64 << 10)] for i in range(0, len(data), 64 << 10)]
     base = LanguageModel.load()
     print(f"first {args.kib} KiB of dickens in 64 KiB blocks, vocabulary {base.cfg.vocab}, "
           f"window {base.cfg.window}, {args.workers} single-thread worker processes\n")
@@ -60,19 +57,12 @@ def main() -> None:
         params = d * base.cfg.vocab + layers * (4 * d * d + 8 * d * d)
         pool = LLMPool(lm, args.workers)
         try:
-            pool.decode_many([(pool.encode_many([(b"warm up " * 20, math.inf)])[0].payload, 1)]
-                             * args.workers)
-            t = time.perf_counter()
-            enc = pool.encode_many([(b, math.inf) for b in blocks])
-            t_enc = time.perf_counter() - t
-            t = time.perf_counter()
-            out = pool.decode_many([(e.payload, e.n_tokens) for e in enc])
-            t_dec = time.perf_counter() - t
+            warm_up(pool, args.workers)
+            r = measure(data, pool, 64 << 10)    # round-trips every block, or raises
         finally:
             pool.close()
-        assert [lm.tokenizer.decode(o) for o in out] == blocks
-        print(f"| {d} | {layers} | {params / 1e6:.2f} M | {len(data) / t_enc / 1e3:.1f} "
-              f"| {len(data) / t_dec / 1e3:.1f} |", flush=True)
+        print(f"| {d} | {layers} | {params / 1e6:.2f} M | {r['enc']:.1f} | {r['dec']:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ def read_sample(path: Path, limit: int) -> bytes:
         return f.read(limit) if limit else f.read()
 
 
+def warm_up(codec: LLMCodec | LLMPool, workers: int) -> None:
+    """Start every worker and run the model once, so timings exclude start-up."""
+    codec.decode_many([(codec.encode_many([(b"warm up " * 20, math.inf)])[0].payload, 1)] * workers)
+
+
 def measure(data: bytes, codec: LLMCodec | LLMPool, block_size: int) -> dict:
     model = codec.model
     blocks = [data[i:i + block_size] for i in range(0, len(data), block_size)]
@@ -66,7 +71,7 @@ def run(paths: list[Path], model: LanguageModel, limit: int, block_size: int,
           f"sample {'whole file' if not limit else f'first {limit} bytes'}; "
           f"{workers} single-thread worker process(es)")
     codec = LLMPool(model, workers) if workers > 1 else LLMCodec(model)
-    codec.decode_many([(codec.encode_many([(b"warm up " * 20, math.inf)])[0].payload, 1)] * workers)
+    warm_up(codec, workers)
     print(f"| file | bytes | llm bpb | llmfs bpb (best of llm/zstd/raw) | zstd-19 {kb}K bpb "
           f"| xz -9e whole bpb | llm encode KB/s | llm batched decode KB/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

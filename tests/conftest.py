@@ -6,11 +6,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmfs.codec.policy import BlockCodec
+from llmfs.model.engine import KVCache
 from llmfs.model.modelfile import LanguageModel
 
 TEXT = (b"The quick brown fox jumps over the lazy dog. Storage admins keep cold "
@@ -99,3 +103,36 @@ def mounted(tmp_path: Path):
     m.start()
     yield m
     m.stop()
+
+
+def tables(engine, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The engine's logits for *tokens* [B, T], fed *chunk* tokens per step."""
+    cache = KVCache()
+    return torch.cat([engine.step(tokens[:, i:i + chunk], cache)
+                      for i in range(0, tokens.shape[1], chunk)], 1)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with *n* torch threads, then restore the previous count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs at *path* (for disk-full tests), unmounted afterwards;
+    skips the test where mounting is not allowed."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])

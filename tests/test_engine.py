@@ -2,14 +2,8 @@
 import pytest
 import torch
 
-from conftest import TEXT
-from llmfs.model.engine import FREQ_BITS, KVCache, isqrt
-
-
-def tables(engine, tokens, chunk):
-    cache = KVCache()
-    out = [engine.step(tokens[:, i:i + chunk], cache) for i in range(0, tokens.shape[1], chunk)]
-    return torch.cat(out, 1)
+from conftest import TEXT, tables, torch_threads
+from llmfs.model.engine import FREQ_BITS, isqrt
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +27,11 @@ def test_batch_and_thread_invariance(model, tokens):
     e = model.engine
     other = torch.flip(tokens, [1])
     batch = torch.cat([tokens, other, tokens[:, torch.randperm(tokens.shape[1])]])
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         b = tables(e, batch, 1)
-        torch.set_num_threads(1)
+    with torch_threads(1):
         single = tables(e, tokens, 64)
         single_other = tables(e, other, 1)
-    finally:
-        torch.set_num_threads(old)
     assert torch.equal(b[0:1], single)
     assert torch.equal(b[1:2], single_other)
 

@@ -18,7 +18,7 @@ import pytest
 
 from llmfs.store import Store
 
-from conftest import Mounted
+from conftest import Mounted, tmpfs
 
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -379,18 +379,12 @@ def test_sigterm_flushes_and_unmounts(mounted):
 
 @pytest.fixture()
 def small_disk_mount(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)],
-                       capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a small tmpfs: {r.stderr.decode().strip()}")
-    m = Mounted(disk)
-    m.mkfs()
-    m.start()
-    yield m
-    m.stop()
-    subprocess.run(["umount", "-l", str(disk)])
+    with tmpfs(tmp_path / "disk", "12m") as disk:
+        m = Mounted(disk)
+        m.mkfs()
+        m.start()
+        yield m
+        m.stop()
 
 
 def test_disk_full_is_enospc(small_disk_mount):

