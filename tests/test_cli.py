@@ -7,7 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from conftest import TEXT
+from conftest import PROSE, TEXT
 from llmfs.cli import main
 
 DATA = TEXT * 300 + os.urandom(5000) + bytes(9000) + TEXT * 50
@@ -117,6 +117,21 @@ def test_unknown_model(packed, run, tmp_path):
     p.write_bytes(bytes(data))
     r = run("decompress", str(p), "-o", str(tmp_path / "o"))
     assert r.exit_code == 1 and "unknown model id " + "ab" * 32 in r.output
+
+
+def test_container_of_a_retired_shipped_model_decodes(run, tmp_path):
+    """A default that was replaced stays shipped: what it wrote decodes without --model."""
+    from llmfs.model import DEFAULT_MODEL, SHIPPED
+
+    (retired, rid), = [(p, h) for p, h in SHIPPED.items() if p != DEFAULT_MODEL]
+    src = tmp_path / "t.txt"
+    src.write_bytes(PROSE)
+    assert run("compress", str(src), "--model", str(retired)).exit_code == 0
+    llmz = tmp_path / "t.txt.llmz"
+    assert llmz.read_bytes()[9:41] == bytes.fromhex(rid)
+    r = run("decompress", str(llmz), "-o", str(tmp_path / "back"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "back").read_bytes() == PROSE
 
 
 def test_unsupported_version(packed, run, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load
 
 from llmfs.codec.frame import Codec, Frame
-from llmfs.model import DEFAULT_MODEL, DEFAULT_MODEL_ID, model_id, read_model_file
+from llmfs.model import DEFAULT_MODEL, DEFAULT_MODEL_ID, SHIPPED, model_id, read_model_file
 from llmfs.model.modelfile import LanguageModel, model_bytes
 from llmfs.model.tune import FLOAT_NAME, load_float_for, save_float
 from llmfs.store import Store
@@ -27,12 +27,14 @@ def llmfs(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_shipped_model_hash_is_checked(tmp_path, monkeypatch):
+    for path, mid in SHIPPED.items():   # the default and retired defaults, each with a card
+        assert model_id(read_model_file(path)).hex() == mid
+        assert mid in (path.parent / "MODEL.md").read_text()
     data = read_model_file(DEFAULT_MODEL)
-    assert model_id(data).hex() == DEFAULT_MODEL_ID
-    assert DEFAULT_MODEL_ID in (DEFAULT_MODEL.parent / "MODEL.md").read_text()
+    assert SHIPPED[DEFAULT_MODEL] == DEFAULT_MODEL_ID
     damaged = tmp_path / "model.safetensors"
     damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    monkeypatch.setattr("llmfs.model.DEFAULT_MODEL", damaged.resolve())
+    monkeypatch.setitem(SHIPPED, damaged.resolve(), DEFAULT_MODEL_ID)
     with pytest.raises(ValueError, match="damaged"):
         read_model_file(damaged)
 

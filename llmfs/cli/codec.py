@@ -16,14 +16,19 @@ from . import main
 DEFAULT_BLOCK = 64 * 1024
 
 
-def _find_model(file: str, model_id: bytes, paths: tuple[str, ...], device: str):
-    """The model a container names: among --model files first, then the default."""
-    for group in ((paths,) if paths else ()) + ((),):  # () loads the default
-        for m in _load_models(group, device):
-            if m.id == model_id:
-                return m
-    raise click.ClickException(f"{file}: unknown model id {model_id.hex()}; "
-                               "pass its file with --model")
+def _find_model(file: str, mid: bytes, paths: tuple[str, ...], device: str):
+    """The model a container names: among --model files first, then the shipped
+    models (the default and retired defaults)."""
+    from ..model import shipped_model
+
+    for m in _load_models(paths, device) if paths else ():
+        if m.id == mid:
+            return m
+    path = shipped_model(mid)
+    if path is None:
+        raise click.ClickException(f"{file}: unknown model id {mid.hex()}; "
+                                   "pass its file with --model")
+    return _load_models((str(path),), device)[0]
 
 
 def _load_models(paths: tuple[str, ...], device: str):

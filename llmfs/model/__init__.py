@@ -6,9 +6,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "model.safetensors"
-# The id recorded in models/default/MODEL.md: a damaged or swapped default file is refused.
-DEFAULT_MODEL_ID = "b823fd72a0bd2b5616630ec9034a848d64ec13d26f374e2c76f830df760d3af0"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = MODELS_DIR / "default" / "model.safetensors"
+# Every model file shipped in the package, with the id recorded in its MODEL.md.
+# The default encodes; a retired default stays so that what it encoded (.llmz
+# files name their model by id) still decodes.  A damaged or swapped file is refused.
+SHIPPED = {
+    DEFAULT_MODEL: "4e9df863f41044a3bbac4c65d9039dfc8d03532c9048975dda933f089ac9755b",
+    MODELS_DIR / "starter" / "model.safetensors":      # the default until 2026-11-23
+        "b823fd72a0bd2b5616630ec9034a848d64ec13d26f374e2c76f830df760d3af0",
+}
+DEFAULT_MODEL_ID = SHIPPED[DEFAULT_MODEL]
 
 
 def model_id(data: bytes) -> bytes:
@@ -26,13 +34,18 @@ def model_metadata(data: bytes) -> dict:
 
 
 def read_model_file(path: Path | str) -> bytes:
-    """A model file's bytes; the shipped default only if its hash is the recorded one."""
+    """A model file's bytes; a shipped model only if its hash is the recorded one."""
     data = Path(path).read_bytes()
-    if Path(path).resolve() == DEFAULT_MODEL and model_id(data).hex() != DEFAULT_MODEL_ID:
+    want = SHIPPED.get(Path(path).resolve())
+    if want is not None and model_id(data).hex() != want:
         raise ValueError(f"{path}: the shipped model file is damaged (its hash is "
-                         f"{model_id(data).hex()[:16]}, not {DEFAULT_MODEL_ID[:16]}); "
-                         "reinstall llmfs")
+                         f"{model_id(data).hex()[:16]}, not {want[:16]}); reinstall llmfs")
     return data
+
+
+def shipped_model(mid: bytes) -> Path | None:
+    """The shipped model file with id *mid*, if any (default or retired)."""
+    return next((p for p, h in SHIPPED.items() if h == mid.hex()), None)
 
 
 @dataclass(frozen=True)
@@ -56,5 +69,5 @@ class ModelFile:
         return ByteTokenizer.from_str(model_metadata(self.data)["tokenizer"])
 
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_ID", "ModelFile", "model_id", "model_metadata",
-           "read_model_file"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_ID", "SHIPPED", "ModelFile", "model_id",
+           "model_metadata", "read_model_file", "shipped_model"]

@@ -102,18 +102,38 @@ SOURCES = [
                                if "site-packages" not in p.parts)), _raw, 12_000_000),
     Source("go-stdlib", "golang-1.19-src (Debian)", "BSD-3-Clause",
            _glob("/usr/share/go-1.19/src", "**/*.go"), _raw, 8_000_000),
+    # English prose (added for the tuned default: the sources above are mostly code and
+    # reference text, and the starter was weak on running English)
+    Source("debian-handbook (HTML → text)", "debian-handbook (Debian)", "GPL-2.0+ or CC-BY-SA-3.0",
+           _glob("/usr/share/doc/debian-handbook/html/en-US", "*.html"), _html_text, 4_000_000),
+    Source("debian-reference", "debian-reference-en (Debian)", "GPL-2.0+",
+           _glob("/usr/share/debian-reference", "debian-reference.en.txt.gz"), _gz, 2_000_000),
+    Source("debian-faq (HTML → text)", "debian-faq (Debian)", "GPL-2.0+",
+           _glob("/usr/share/doc/debian/FAQ", "*.en.html"), _html_text, 1_000_000),
+    Source("developers-reference (reST)", "developers-reference (Debian)", "GPL-2",
+           _glob("/usr/share/developers-reference/_sources", "*.rst.txt"), _raw, 1_000_000),
+    Source("gnu-standards", "gnu-standards (Debian)", "GFDL-1.3+",
+           _glob("/usr/share/doc/gnu-standards", "*.text.gz"), _gz, 1_000_000),
+    Source("linux-kernel-docs (reST)", "linux-doc-6.1 (Debian)", "GPL-2",
+           _glob("/usr/share/doc/linux-doc-6.1/Documentation", "**/*.rst.gz"), _gz, 14_000_000),
+    Source("man-pages (troff)", "manpages, manpages-dev (Debian)",
+           "various free licences (Debian copyright file)",
+           _glob("/usr/share/man", "man[237]/*.[237]*.gz"), _gz, 3_000_000),
 ]
+
 
 FORBIDDEN = ("shared/corpus",)
 
 
-def build(out: Path, heldout_fraction: float = 0.02, seed: int = 0) -> dict:
-    """Write ``train.txt``, ``heldout.txt`` and ``MANIFEST.json`` into *out*."""
+def build(out: Path, heldout_fraction: float = 0.02, seed: int = 0,
+          sources: list[Source] | None = None) -> dict:
+    """Write ``train.txt``, ``heldout.txt`` and ``MANIFEST.json`` into *out*
+    from *sources* (default: all of ``SOURCES``)."""
     out.mkdir(parents=True, exist_ok=True)
     seen: set[bytes] = set()
     docs: list[bytes] = []
     manifest: dict = {"sources": [], "seed": seed}
-    for src in SOURCES:
+    for src in SOURCES if sources is None else sources:
         n_files = n_bytes = n_dup = 0
         for path in src.files():
             if any(f in str(path) for f in FORBIDDEN):
@@ -133,6 +153,9 @@ def build(out: Path, heldout_fraction: float = 0.02, seed: int = 0) -> dict:
             n_bytes += len(data)
             if n_bytes >= src.cap_bytes:
                 break
+        if not n_files and not n_dup:
+            raise RuntimeError(f"{src.name}: no files found; install {src.package} "
+                               "(make model installs every source package)")
         manifest["sources"].append({"name": src.name, "package": src.package,
                                     "licence": src.licence, "files": n_files,
                                     "bytes": n_bytes, "duplicates_dropped": n_dup})
@@ -147,6 +170,16 @@ def build(out: Path, heldout_fraction: float = 0.02, seed: int = 0) -> dict:
     return manifest
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build the training corpus from offline sources.")
+    ap.add_argument("out", type=Path, nargs="?", default=Path("build/corpus"))
+    ap.add_argument("--sources", metavar="N", type=int,
+                    help="only the first N sources (7 rebuilds the starter model's corpus)")
+    args = ap.parse_args(argv)
+    print(json.dumps(build(args.out, sources=SOURCES[:args.sources or len(SOURCES)]), indent=2))
+
+
 if __name__ == "__main__":
-    import sys
-    print(json.dumps(build(Path(sys.argv[1] if len(sys.argv) > 1 else "build/corpus")), indent=2))
+    main()

@@ -186,7 +186,7 @@ def main() -> None:
     held = (args.corpus / "heldout.txt").read_bytes()
     calib, test = held[:200_000], held[200_000:400_000]
     mid = export(args.float_dir, args.out, calib, {})
-    lm = LanguageModel.load(args.out)
+    lm = LanguageModel.from_bytes(args.out.read_bytes())  # a new file: no recorded hash yet
     from .train import evaluate
 
     cfg = lm.cfg

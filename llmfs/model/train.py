@@ -1,8 +1,9 @@
 """Train the float model on a token stream (CPU by default, CUDA when present).
 
-Reproduces the shipped starter model: ``python -m llmfs.model.train``
-(see ``llmfs/models/default/MODEL.md`` for the exact command).  Checkpoints
-are float safetensors; ``export.py`` turns one into the integer model.
+``make model`` runs it twice to reproduce the shipped default: from scratch
+(the starter), then ``--init`` from that checkpoint on the wider corpus (see
+``llmfs/models/default/MODEL.md``).  Checkpoints are float safetensors;
+``export.py`` turns one into the integer model.
 """
 from __future__ import annotations
 
@@ -59,13 +60,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, metavar="DIR",
+                    help="continue training the float checkpoint in DIR (its tokenizer and "
+                         "shape; the shape options are ignored)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
     tok_path = args.out / "tokenizer.json"
-    if tok_path.exists():
+    init = None
+    if args.init:
+        from .export import load_float
+
+        init, tok = load_float(args.init)
+        tok_path.write_text(tok.to_str())
+    elif tok_path.exists():
         tok = ByteTokenizer.load(tok_path)
     else:
         tok = train_tokenizer([args.corpus / "train.txt"], args.vocab)
@@ -78,9 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     held = tok.encode(held_bytes)
     print(f"train tokens {len(ids):,}  held-out {len(held):,}", flush=True)
 
-    cfg = Config(vocab=tok.vocab_size, d_model=args.d_model, n_layer=args.layers,
-                 n_head=args.heads, d_ff=args.d_ff, window=args.window)
-    model = Transformer(cfg).to(dev)
+    if init is not None:
+        model, cfg = init.to(dev), init.cfg
+    else:
+        cfg = Config(vocab=tok.vocab_size, d_model=args.d_model, n_layer=args.layers,
+                     n_head=args.heads, d_ff=args.d_ff, window=args.window)
+        model = Transformer(cfg).to(dev)
 
     def checkpoint(step: int) -> None:
         bpb = evaluate(model, held, cfg.window, len(held_bytes))
@@ -88,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(args.out / "float.safetensors"))
         (args.out / "config.json").write_text(json.dumps(
-            {**cfg.to_dict(), "step": step, "heldout_bpb": bpb}, indent=2))
+            {**cfg.to_dict(), "step": step, "heldout_bpb": bpb,
+             **({"init": str(args.init)} if args.init else {})}, indent=2))
 
     train_steps(model, ids, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                 log=lambda msg: print(msg, flush=True), every=checkpoint)
