@@ -30,14 +30,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmfs.bench import corpus_files, measure, read_sample, warm_up  # noqa: E402
+from llmfs.bench import corpus_files, measure, read_sample, warm_up, weight_count  # noqa: E402
 from llmfs.codec.workers import LLMPool  # noqa: E402
-from llmfs.model.export import export, int_bpb_windows, load_float  # noqa: E402
+from llmfs.model.export import export, float_int_bpb, load_float  # noqa: E402
 from llmfs.model.modelfile import LanguageModel  # noqa: E402
 from llmfs.model.net import Config, Transformer  # noqa: E402
 from llmfs.model.tokenizer import ByteTokenizer, train as train_tokenizer  # noqa: E402
-from llmfs.model.train import evaluate, tokenize_file, train_steps  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from llmfs.model.train import save_checkpoint, tokenize_file, train_steps  # noqa: E402
 
 SHAPES = ["64x2", "128x2", "128x4", "192x4", "256x4", "128x4x4096"]
 FILES = ("dickens", "enwik6", "xml")
@@ -79,18 +78,8 @@ def train_shape(spec: str, args: argparse.Namespace) -> tuple[Path, float]:
     train_steps(model, ids, steps=args.steps, batch=args.batch, lr=args.lr,
                 log=lambda m: print(f"  {spec}: {m}", file=sys.stderr, flush=True))
     seconds = time.perf_counter() - t
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(ck / "float.safetensors"))
-    done.write_text(json.dumps({**cfg.to_dict(), "step": args.steps,
-                                "train_seconds": seconds}))
+    save_checkpoint(ck, model, step=args.steps, train_seconds=seconds)
     return ck, seconds
-
-
-def fidelity(ck: Path, lm: LanguageModel, test: bytes) -> tuple[float, float]:
-    fm, _ = load_float(ck)
-    ids = lm.tokenizer.encode(test)
-    return (evaluate(fm, ids, lm.cfg.window, len(test)),
-            int_bpb_windows(lm, ids, lm.cfg.window, len(test)))
 
 
 def codec_row(lm: LanguageModel, samples: dict[str, bytes], workers: int) -> dict:
@@ -144,12 +133,12 @@ def main() -> None:
         ck, seconds = train_shape(spec, args)
         mid = export(ck, ck / "model.safetensors", calib)
         lm = LanguageModel.load(ck / "model.safetensors")
-        f_bpb, i_bpb = fidelity(ck, lm, test)
+        f_bpb, i_bpb = float_int_bpb(load_float(ck)[0], lm, test)
         rows.append((spec, lm, f"{seconds:.0f}", f"{f_bpb:.3f}", f"{i_bpb:.3f}"))
         print(f"  {spec}: model {mid[:16]}", file=sys.stderr, flush=True)
     for name, lm, seconds, f_bpb, i_bpb in rows:
         c = lm.cfg
-        params = c.vocab * c.d_model + c.n_layer * (4 * c.d_model ** 2 + 2 * c.d_model * c.d_ff)
+        params = weight_count(c)
         r = codec_row(lm, samples, args.workers)
         b = r["bpb"]
         print(f"| {name} | {c.d_model} | {c.n_layer} | {c.vocab} | {params / 1e6:.2f} M "

@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmfs.bench import corpus_files, measure, read_sample, warm_up  # noqa: E402
+from llmfs.bench import corpus_files, measure, read_sample, warm_up, weight_count  # noqa: E402
 from llmfs.codec.workers import LLMPool  # noqa: E402
 from llmfs.model.export import quantize  # noqa: E402
 from llmfs.model.modelfile import LanguageModel, model_bytes  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for d, layers in SHAPES:
         lm = shape_model(d, layers, base)
-        params = d * base.cfg.vocab + layers * (4 * d * d + 8 * d * d)
+        params = weight_count(lm.cfg)
         pool = LLMPool(lm, args.workers)
         try:
             warm_up(pool, args.workers)

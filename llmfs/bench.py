@@ -34,6 +34,12 @@ def read_sample(path: Path, limit: int) -> bytes:
         return f.read(limit) if limit else f.read()
 
 
+def weight_count(cfg) -> int:
+    """Weights of an ALiBi model of *cfg* (embedding/head + attention + MLP; norms left out)."""
+    return cfg.vocab * cfg.d_model + cfg.n_layer * (4 * cfg.d_model ** 2
+                                                    + 2 * cfg.d_model * cfg.d_ff)
+
+
 def warm_up(codec: LLMCodec | LLMPool, workers: int) -> None:
     """Start every worker and run the model once, so timings exclude start-up."""
     codec.decode_many([(codec.encode_many([(b"warm up " * 20, math.inf)])[0].payload, 1)] * workers)

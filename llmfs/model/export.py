@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from .engine import FX, NORM_CB, SHIFT, ZA, ZV
 from .modelfile import save_model
 from .net import Config, Transformer
 from .tokenizer import ByteTokenizer
+
+if TYPE_CHECKING:
+    from .modelfile import LanguageModel
 
 GELU_N = 256  # GELU table covers [-R, R] of each channel in 2N+1 steps
 
@@ -155,6 +159,16 @@ def export(float_dir: Path, out_path: Path, calib_text: bytes, notes: dict | Non
     return save_model(out_path, model.cfg, tok, tensors, notes or {})
 
 
+def float_int_bpb(float_model: Transformer, lm: "LanguageModel", text: bytes) -> tuple[float, float]:
+    """Bits per byte of *text* under the float model and under its integer
+    export *lm*, on the same windows: the integer-fidelity figure."""
+    from .train import evaluate
+
+    ids = lm.tokenizer.encode(text)
+    return (evaluate(float_model, ids, lm.cfg.window, len(text)),
+            int_bpb_windows(lm, ids, lm.cfg.window, len(text)))
+
+
 def int_bpb_windows(model: "LanguageModel", ids, seq: int, n_bytes: int) -> float:
     """Bits per byte of the integer engine on non-overlapping windows of *seq*
     tokens: the same measure as ``train.evaluate`` gives for the float model."""
@@ -175,7 +189,7 @@ def main() -> None:
     import argparse
     import json
 
-    from .modelfile import LanguageModel
+    from .modelfile import LanguageModel, model_bytes
 
     ap = argparse.ArgumentParser(description="Quantise a float checkpoint into a model file.")
     ap.add_argument("float_dir", type=Path)
@@ -185,19 +199,16 @@ def main() -> None:
     args = ap.parse_args()
     held = (args.corpus / "heldout.txt").read_bytes()
     calib, test = held[:200_000], held[200_000:400_000]
-    mid = export(args.float_dir, args.out, calib, {})
-    lm = LanguageModel.from_bytes(args.out.read_bytes())  # a new file: no recorded hash yet
-    from .train import evaluate
-
-    cfg = lm.cfg
-    fm, _ = load_float(args.float_dir)
-    ids = lm.tokenizer.encode(test)
+    fm, tok = load_float(args.float_dir)
+    tensors = quantize(fm, calibration_batch(tok, calib, fm.cfg.window))
+    # measure the very tensors that are saved, then write them once with the figures
+    f_bpb, i_bpb = float_int_bpb(fm, LanguageModel.from_bytes(
+        model_bytes(fm.cfg, tok, tensors, {})), test)
     meta = json.loads((args.float_dir / "config.json").read_text())
-    notes = {"train_step": meta.get("step"),
-             "float_bpb": round(evaluate(fm, ids, cfg.window, len(test)), 4),
-             "int_bpb": round(int_bpb_windows(lm, ids, cfg.window, len(test)), 4),
+    notes = {"train_step": meta.get("step"), "float_bpb": round(f_bpb, 4),
+             "int_bpb": round(i_bpb, 4),
              "measured_on": "held-out corpus text, bytes 200000-400000, windows of cfg.window"}
-    mid = export(args.float_dir, args.out, calib, notes)
+    mid = save_model(args.out, fm.cfg, tok, tensors, notes)
     from .tune import FLOAT_NAME, save_float
 
     save_float(args.out.with_name(FLOAT_NAME), fm, bytes.fromhex(mid))

@@ -98,14 +98,19 @@ def main(argv: list[str] | None = None) -> None:
     def checkpoint(step: int) -> None:
         bpb = evaluate(model, held, cfg.window, len(held_bytes))
         print(f"step {step} held-out bpb {bpb:.4f}", flush=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(args.out / "float.safetensors"))
-        (args.out / "config.json").write_text(json.dumps(
-            {**cfg.to_dict(), "step": step, "heldout_bpb": bpb,
-             **({"init": str(args.init)} if args.init else {})}, indent=2))
+        save_checkpoint(args.out, model, step=step, heldout_bpb=bpb,
+                        **({"init": str(args.init)} if args.init else {}))
 
     train_steps(model, ids, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                 log=lambda msg: print(msg, flush=True), every=checkpoint)
+
+
+def save_checkpoint(out: Path, model: Transformer, **info) -> None:
+    """A float checkpoint as ``export.load_float`` reads it: float.safetensors
+    plus config.json (the model's config and *info*)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "float.safetensors"))
+    (out / "config.json").write_text(json.dumps({**model.cfg.to_dict(), **info}, indent=2))
 
 
 def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, lr: float,
