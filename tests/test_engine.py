@@ -1,9 +1,17 @@
 """The engine's frequency tables must be bit-identical however they are computed."""
+import hashlib
+import math
+import os
+import random
+import subprocess
+import sys
+
 import pytest
 import torch
+from safetensors.torch import load
 
 from conftest import TEXT, tables, torch_threads
-from llmfs.model.engine import FREQ_BITS, isqrt
+from llmfs.model.engine import FREQ_BITS, Engine, int8_mm_exact, isqrt
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +61,48 @@ def test_model_predicts_text(model, tokens):
 
 
 def test_isqrt_exact():
-    n = torch.tensor([0, 1, 2, 3, 4, 15, 16, 17, (1 << 52) - 1, 10**15, 99980001], dtype=torch.int64)
-    r = isqrt(n)
-    assert ((r * r <= n) & ((r + 1) * (r + 1) > n)).all()
+    """Around perfect squares up to 2**52, where the float root rounds up."""
+    rng = random.Random(5)
+    ks = [rng.randrange(1, 1 << 26) for _ in range(20000)] + [(1 << 26) - 1, 1, 2, 3]
+    ns = [n for k in ks for n in (k * k - 1, k * k, k * k + 1)] + [0, (1 << 52) - 1]
+    ns += [rng.randrange(1 << 52) for _ in range(20000)]
+    assert isqrt(torch.tensor(ns)).tolist() == [math.isqrt(n) for n in ns]
+
+
+def test_integer_and_float_matmuls_agree(model, tokens):
+    """The int8 matmul path (where the probe allows it) and the float32 path,
+    over long (banded attention) and single-token steps."""
+    if not int8_mm_exact():
+        pytest.skip("torch._int_mm is not exact on this CPU; the float path is used")
+    plain = Engine(model.cfg, load(model.data), int8=False)
+    assert model.engine.int8 and not plain.int8
+    assert torch.equal(tables(model.engine, tokens, 256), tables(plain, tokens, 256))
+    assert torch.equal(tables(model.engine, tokens[:, :80], 1), tables(plain, tokens[:, :80], 1))
+
+
+_CHILD = """
+import hashlib, sys, torch
+sys.path.insert(0, "tests")
+from conftest import tables
+from llmfs.model.engine import int8_mm_exact
+from llmfs.model.modelfile import LanguageModel
+m = LanguageModel.load()
+ids = torch.tensor([int(t) for t in sys.argv[1].split(",")])[None]
+print(int8_mm_exact(), m.engine.int8,
+      hashlib.sha256(tables(m.engine, ids, 128).numpy().tobytes()).hexdigest())
+"""
+
+
+def test_saturating_int8_kernel_is_detected(model, tokens):
+    """oneDNN without VNNI (forced with ONEDNN_MAX_CPU_ISA=AVX2) saturates 16-bit
+    partial sums in torch._int_mm; the probe must refuse it there, and the
+    engine's tables must still be the same as here."""
+    ids = tokens[:, :300]
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", _CHILD, ",".join(map(str, ids[0].tolist()))],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["False", "False"]
+    assert out[2] == hashlib.sha256(tables(model.engine, ids, 128).numpy().tobytes()).hexdigest()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -9,9 +9,13 @@ probability.  Here every value is an integer:
   requantisation multipliers (``acc * M >> SHIFT``);
 * activations are int8 (per-channel static scales fixed in the model file);
 * the residual stream is int64 fixed point (``FX`` fractional bits);
-* matmuls run in float32 only where every partial sum stays below 2**24
-  (int8 x int8 with inner dimension <= 1024, checked at load) and in
-  float64 where sums reach 2**53 at most; such sums are exact in any order;
+* int8 x int8 matmuls run as integer matmuls (``torch._int_mm``, int32
+  sums) where a probe at load shows the CPU kernel exact -- oneDNN's kernels
+  without VNNI saturate 16-bit partial sums, and the probe catches that --
+  and otherwise in float32, where every partial sum stays below 2**24
+  (inner dimension <= 1024, checked at load); wider sums run in float64,
+  exact below 2**53; all of these are exact in any order, so both paths
+  give the same integers;
 * RMSNorm uses an exact integer square root, GELU and exp are lookup tables
   stored in the model file, divisions are integer floor divisions.
 
@@ -22,6 +26,7 @@ give the same tables because each position sees exactly the same integers.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +45,38 @@ RECIP = 40           # fixed-point bits of per-row reciprocals (one division per
 ROPE_BITS = 14       # rotary tables are cos/sin * 2**ROPE_BITS
 H_MAX = 32767        # llama: the SwiGLU product is int16 ...
 H_SHIFT_MAX = 20     # ... shifted left by <= 20 bits per channel; its matmul runs in float64
+BAND = 64            # queries per group in banded attention (long chunks)
+
+
+def lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table[idx] (rows of *table* for each index); int32 index_select is
+    several times faster than advanced indexing with int64 on CPU."""
+    flat = table.index_select(0, idx.reshape(-1).to(torch.int32))
+    return flat.view(*idx.shape, *table.shape[1:])
+
+
+@functools.cache
+def int8_mm_exact() -> bool:
+    """Whether ``torch._int_mm`` gives exact int32 sums on this CPU.
+
+    oneDNN computes int8 products with a 16-bit intermediate that saturates
+    on CPUs without VNNI (wrong sums, silently).  All-127 operands saturate
+    it at once; the probe covers the shapes that pick different kernels
+    (one row, a few rows, many rows) and a random product."""
+    try:
+        for m, k, n in ((1, 64, 48), (3, 130, 40), (64, 128, 384), (300, 512, 128)):
+            a = torch.full((m, k), 127, dtype=torch.int8)
+            w = torch.full((n, k), 127, dtype=torch.int8).T     # the engine's weight layout
+            if not bool((torch._int_mm(a, w) == 127 * 127 * k).all()):
+                return False
+            a, w = -a, torch.randint(-127, 128, (n, k), dtype=torch.int8,
+                                     generator=torch.Generator().manual_seed(m)).T
+            if not torch.equal(torch._int_mm(a, w).to(torch.int64),
+                               exact_mm(a.to(torch.float32), w.to(torch.float32))):
+                return False
+    except RuntimeError:       # no CPU kernel in this build
+        return False
+    return True
 
 
 def exact_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -77,10 +114,14 @@ def round_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def isqrt(n: torch.Tensor) -> torch.Tensor:
-    """floor(sqrt(n)) for int64 n in [0, 2**52): float estimate, then exact fix-up."""
+    """floor(sqrt(n)) for int64 n in [0, 2**52).
+
+    n is exact in float64 and sqrt is correctly rounded, hence monotonic and
+    exact on perfect squares: for k = floor(sqrt(n)) < 2**26 the rounded root
+    lies in [k, k + 1], so its floor is k or k + 1, and only the second needs
+    fixing."""
     r = torch.sqrt(n.to(torch.float64)).to(torch.int64)
-    r = r - (r * r > n).to(torch.int64)
-    return r + ((r + 1) * (r + 1) <= n).to(torch.int64)
+    return r - (r * r > n).to(torch.int64)
 
 
 @dataclass
@@ -123,9 +164,15 @@ class Engine:
     """Exact integer forward pass of a quantised model (see ``export.py``)."""
 
     def __init__(self, cfg: Config, tensors: dict[str, torch.Tensor],
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", int8: bool | None = None) -> None:
+        """*int8*: run int8 matmuls as integer matmuls (None: on CPU when the
+        probe finds them exact); the tables are the same either way."""
         self.cfg = cfg
         self.device = torch.device(device)
+        if int8 is None:
+            int8 = self.device.type == "cpu" and int8_mm_exact()
+        self.int8 = int8
+        self.act = torch.int8 if int8 else torch.float32   # dtype of int8-valued activations
         torch.set_float32_matmul_precision("highest")  # no bf16/TF32 shortcuts
         if self.device.type == "cuda":  # TF32 would round the exact products
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -143,13 +190,27 @@ class Engine:
             q = tensors[name]
             if q.dtype != torch.int8:
                 raise ValueError(f"{name} must be int8")
+            if int8:       # [K, N] view of the stored [N, K]: the faster layout for _int_mm
+                return q.to(dev).T
             return q.to(dev, torch.float32).T.contiguous()
 
         self.emb = t("emb")                   # [V, d] residual fixed point
         self.head = w("head")                 # [d, V]
         self.head_m = t("head_m")             # [V] -> logit units 1/ZV nat
         self.norm_f = t("norm_f")
-        self.exp_attn = t("exp_attn", torch.float64)  # exp(-i/ZA) * 2**16, summed in float64
+        exp_attn = t("exp_attn")                      # exp(-i/ZA) * 2**16
+        if exp_attn.min() < 0 or exp_attn.max() > 1 << 16:
+            raise ValueError("attention exp table out of range")
+        # e @ v sums up to window * 2**16 * 127: float64 in general; for short windows
+        # the table is split as e = 256 * hi + lo and both halves run in float32
+        # (sums <= window * 256 * 127 < 2**24), which is several times faster.
+        self.exp_split = cfg.window * 256 * 127 < 1 << 24
+        self.banded = bool(exp_attn[-1] == 0)   # masked keys weigh 0, so they may be left out
+        self._step_bias: dict[int, tuple[int, torch.Tensor]] = {}
+        if self.exp_split:
+            self.exp_attn = torch.stack([exp_attn >> 8, exp_attn & 255], 1).to(torch.float32)
+        else:
+            self.exp_attn = exp_attn.to(torch.float64)
         self.exp_vocab = t("exp_vocab")       # exp(-i/ZV) * 2**24
         H = cfg.n_head
         self.llama = cfg.arch == "llama"
@@ -171,7 +232,7 @@ class Engine:
                 raise ValueError("SwiGLU product shifts out of the exact float64 range")
             w2, w2_m = w(p + "w2"), t(p + "w2_m")
             if self.llama:        # float64 matmul; multipliers < 2**33, see requant_wide
-                w2 = w2.to(torch.float64)
+                w2 = w2.to(torch.float64).contiguous()
                 if (w2_m.abs() >= 1 << 33).any():
                     raise ValueError("w2 multipliers out of range")
             self.layers.append(LayerW(
@@ -179,7 +240,8 @@ class Engine:
                 score_half=2.0 ** (shift - 1), score_scale=2.0 ** -shift,
                 wo=w(p + "wo"), wo_m=t(p + "wo_m"),
                 norm2=t(p + "norm2"), w1=w(p + "w1"), w1_m=t(p + "w1_m"),
-                gelu=gelu.flatten(), gelu_n=(gelu.shape[1] - 1) // 2,
+                gelu=gelu.flatten().to(torch.int64 if self.llama else self.act),
+                gelu_n=(gelu.shape[1] - 1) // 2,
                 w2=w2, w2_m=w2_m, **extra))
         if self.llama:
             # rotary tables: round(cos/sin(angle) * 2**ROPE_BITS) per position and pair
@@ -198,6 +260,12 @@ class Engine:
                         if self.layers else None)
 
     # -- building blocks -------------------------------------------------
+    def _mm(self, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Exact a @ w of int8-valued activations and int8 weights (int32 or int64)."""
+        if not self.int8:
+            return exact_mm(a, w)
+        return torch._int_mm(a.reshape(-1, a.shape[-1]), w).view(*a.shape[:-1], w.shape[1])
+
     def _norm(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         """Integer RMSNorm of residual x (int64) -> int8-valued float32."""
         d = x.shape[-1]
@@ -205,25 +273,48 @@ class Engine:
         eps = int(self.cfg.norm_eps * (1 << (2 * (FX + NORM_R))))
         r = isqrt(torch.div(ss << (2 * NORM_R), d, rounding_mode="floor") + eps)
         y = round_div((x * gain) << NORM_R, r << NORM_CB)
-        return clamp8(y).to(torch.float32)
+        return clamp8(y).to(self.act)
 
-    def _window_bias(self, fill: int, n: int, device: torch.device) -> tuple[int, torch.Tensor]:
+    def _window_bias(self, fill: int, n: int) -> tuple[int, torch.Tensor]:
         """First cached key each query may see, and the ALiBi bias [H, n, keys]
-        with keys outside the window pushed to -2**23 (weight exactly 0)."""
+        with keys outside the window pushed to -2**23 (weight exactly 0).
+        Single-token steps (decoding) reuse one per cache fill."""
+        if n == 1 and fill in self._step_bias:
+            return self._step_bias[fill]
         W = self.cfg.window
         start = max(0, fill - W + 1)
-        dist = (torch.arange(fill, fill + n, device=device)[:, None]
-                - torch.arange(start, fill + n, device=device)[None, :])
+        dist = (torch.arange(fill, fill + n, device=self.device)[:, None]
+                - torch.arange(start, fill + n, device=self.device)[None, :])
         bias = self.alibi[:, dist.clamp(0, W - 1)]
         outside = (dist < 0) | (dist >= W)
-        return start, bias.masked_fill_(outside, float(1 << 23))
+        out = start, bias.masked_fill_(outside, float(1 << 23))
+        if n == 1:     # fill < window + 64 when decoding: a small, bounded set
+            self._step_bias[fill] = out
+        return out
+
+    def _band_bias(self, fill: int, n: int) -> torch.Tensor:
+        """The bias [H, groups, BAND, W - 1 + BAND] of banded attention: group g
+        (queries fill + g*BAND ...) sees the keys from W - 1 before its first
+        query to its last; keys outside a query's window, or before the first
+        cached key, weigh exactly 0 as in ``_window_bias``."""
+        W, G, dev = self.cfg.window, BAND, self.device
+        L, ng = W - 1 + G, n // G
+        dist = torch.arange(G, device=dev)[:, None] + W - 1 - torch.arange(L, device=dev)
+        bias = self.alibi[:, dist.clamp(0, W - 1)].masked_fill_((dist < 0) | (dist >= W),
+                                                                float(1 << 23))
+        key = fill - W + 1 + G * torch.arange(ng, device=dev)[:, None] + torch.arange(L, device=dev)
+        return bias[:, None].masked_fill((key < 0)[None, :, None, :], float(1 << 23))
 
     def _attention(self, lw: LayerW, y: torch.Tensor, cache: KVCache, li: int,
                    start: int, bias: torch.Tensor) -> torch.Tensor:
+        """Attention over the cache; with a 4-d *bias* (see ``_band_bias``) the
+        queries run in groups of BAND, each against only the keys it can see
+        (W - 1 + BAND instead of W - 1 + n), which gives the same integers since
+        every key outside a window weighs exactly 0."""
         cfg = self.cfg
         B, n, _ = y.shape
         H, hd, W, KV = cfg.n_head, cfg.head_dim, cfg.window, cfg.kv_heads
-        qkv = clamp8(requant(exact_mm(y, lw.wqkv), lw.qkv_m)).to(torch.float32)
+        qkv = clamp8(requant(self._mm(y, lw.wqkv), lw.qkv_m)).to(torch.float32)
         q = qkv[..., :H * hd].view(B, n, H, hd).transpose(1, 2)          # [B, H, n, hd]
         k, v = qkv[..., H * hd:].view(B, n, 2, KV, hd).permute(2, 0, 3, 1, 4)
         if self.llama:
@@ -232,12 +323,20 @@ class Engine:
         if li == len(cache.k):
             cap = W + max(n, 64)
             cache.k.append(torch.zeros(B, KV, cap, hd, device=y.device))
-            cache.v.append(torch.zeros(B, KV, cap, hd, device=y.device, dtype=torch.float64))
+            cache.v.append(torch.zeros(B, KV, cap, hd, device=y.device,
+                                       dtype=torch.float32 if self.exp_split else torch.float64))
         ck, cv = cache.k[li], cache.v[li]
         fill = cache.fill
         ck[:, :, fill:fill + n] = k
         cv[:, :, fill:fill + n] = v
         keys, vals = ck[:, :, start:fill + n], cv[:, :, start:fill + n]
+        half, scale = lw.score_half, lw.score_scale
+        if bias.dim() == 4:    # banded: pad to W - 1 keys before the first query, then
+            pad = W - 1 - (fill - start)   # overlapping windows [B, KV, groups, W-1+BAND, hd]
+            keys, vals = (torch.cat([t.new_zeros(B, KV, pad, hd), t], 2)
+                          .unfold(2, W - 1 + BAND, BAND).transpose(-1, -2) for t in (keys, vals))
+            q = q.view(B, H, n // BAND, BAND, hd)
+            half, scale = half[..., None], scale[..., None]
         if KV != H:   # grouped-query attention: each key/value head serves H/KV query heads
             keys = keys.repeat_interleave(H // KV, 1)
             vals = vals.repeat_interleave(H // KV, 1)
@@ -245,14 +344,20 @@ class Engine:
         # |q.k| < 2**21 (rotated |q|, |k| <= 180), adding 2**(k-1) and scaling by
         # 2**-k are exact, floor too.
         dots = q @ keys.transpose(-1, -2)
-        z = torch.floor((dots + lw.score_half) * lw.score_scale) - bias
-        gap = (z.amax(-1, keepdim=True) - z).clamp_(max=self.exp_attn.numel() - 1)
-        e = self.exp_attn[gap.to(torch.int64)]                          # float64, <= 2**16
-        s = e.sum(-1, keepdim=True).to(torch.int64)                     # exact: < 2**53
-        num = (e @ vals).to(torch.int64)                                # exact: < 2**53
+        z = torch.floor((dots + half) * scale) - bias
+        gap = (z.amax(-1, keepdim=True) - z).clamp_(max=self.exp_attn.shape[0] - 1)
+        e = lookup(self.exp_attn, gap)
+        rows = dots.shape[-2]
+        if self.exp_split:    # [..., rows, keys, (hi, lo)] -> hi rows, then lo rows
+            e = e.movedim(-1, -3).flatten(-3, -2)
+        s = e.sum(-1, keepdim=True).to(torch.int64)                     # exact: < 2**24 / 2**53
+        num = (e @ vals).to(torch.int64)                                # exact: < 2**24 / 2**53
+        if self.exp_split:
+            s = (s[..., :rows, :] << 8) + s[..., rows:, :]
+            num = (num[..., :rows, :] << 8) + num[..., rows:, :]
         inv = torch.div(1 << RECIP, s, rounding_mode="floor")           # one division per row
         o = (num * inv + (1 << (RECIP - 1))) >> RECIP                   # ~ round(num / s)
-        return o.transpose(1, 2).reshape(B, n, H * hd).to(torch.float32)
+        return o.view(B, H, n, hd).transpose(1, 2).reshape(B, n, H * hd).to(self.act)
 
     def _rotate(self, x: torch.Tensor, pos: int) -> torch.Tensor:
         """Rotary positions on int8-valued x [B, heads, n, hd] (adjacent pairs):
@@ -271,17 +376,17 @@ class Engine:
     def _mlp(self, lw: LayerW, y: torch.Tensor) -> torch.Tensor:
         n = lw.gelu_n
         if lw.wg is None:      # GELU(y @ w1) @ w2
-            idx = requant(exact_mm(y, lw.w1), lw.w1_m).clamp_(-n, n) + n
-            h = lw.gelu[idx + self.ff_base].to(torch.float32)
+            idx = requant(self._mm(y, lw.w1), lw.w1_m).clamp_(-n, n) + n
+            h = lookup(lw.gelu, idx + self.ff_base)
         else:                  # (SiLU(y @ wg) * (y @ w1)) @ w2 with an int16 product:
-            idx = requant(exact_mm(y, lw.wg), lw.wg_m).clamp_(-n, n) + n
-            up = clamp8(requant(exact_mm(y, lw.w1), lw.w1_m))
-            h = requant(lw.gelu[idx + self.ff_base] * up, lw.h_m).clamp_(-H_MAX, H_MAX)
+            idx = requant(self._mm(y, lw.wg), lw.wg_m).clamp_(-n, n) + n
+            up = clamp8(requant(self._mm(y, lw.w1), lw.w1_m))
+            h = requant(lookup(lw.gelu, idx + self.ff_base) * up, lw.h_m).clamp_(-H_MAX, H_MAX)
             h = h << lw.h_shift    # per-channel power-of-two scales, as integers
             # |sum| <= d_ff * 127 * 32767 * 2**20 < 2**53: exact in float64 in any order
             return requant_wide((h.to(torch.float64) @ lw.w2).to(torch.int64), lw.w2_m,
                                 H_SHIFT_MAX)
-        return requant(exact_mm(h, lw.w2), lw.w2_m)
+        return requant(self._mm(h, lw.w2), lw.w2_m)
 
     # -- public API ------------------------------------------------------
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -294,15 +399,18 @@ class Engine:
         if cache.fill + n > (cache.k[0].shape[2] if cache.k else cfg.window + max(n, 64)):
             self._compact(cache, n)
         x = self.emb[tokens.to(self.device)]                            # [B, n, d] int64
-        start, bias = self._window_bias(cache.fill, n, self.device)
+        if self.banded and n >= 2 * BAND and n % BAND == 0:
+            start, bias = max(0, cache.fill - cfg.window + 1), self._band_bias(cache.fill, n)
+        else:
+            start, bias = self._window_bias(cache.fill, n)
         for li, lw in enumerate(self.layers):
             a = self._attention(lw, self._norm(x, lw.norm1), cache, li, start, bias)
-            x = x + requant(exact_mm(a, lw.wo), lw.wo_m)
+            x = x + requant(self._mm(a, lw.wo), lw.wo_m)
             x = x + self._mlp(lw, self._norm(x, lw.norm2))
         cache.fill += n
         cache.pos += n
         y = self._norm(x, self.norm_f)
-        return requant(exact_mm(y, self.head), self.head_m)
+        return requant(self._mm(y, self.head), self.head_m)
 
     def _compact(self, cache: KVCache, n: int) -> None:
         """Drop keys older than the window so ``n`` more positions fit."""
@@ -328,12 +436,11 @@ class Engine:
         first most likely symbol.
         """
         zmax = logits.amax(-1, keepdim=True)
-        e = self.exp_vocab[(zmax - logits).clamp_(max=self.exp_vocab.numel() - 1)]
+        e = lookup(self.exp_vocab, (zmax - logits).clamp_(max=self.exp_vocab.numel() - 1))
         # f = floor(e * T / sum e) up to rounding, as e * R >> 32 with one division per row;
         # the sum stays <= T because R <= T * 2**32 / sum e.
         r = torch.div(self.total << 32, e.sum(-1, keepdim=True), rounding_mode="floor")
         f = (e * r) >> 32
         rem = self.total - f.sum(-1, keepdim=True)
-        ids = torch.arange(logits.shape[-1], device=logits.device)
-        first = torch.where(logits == zmax, ids, logits.shape[-1]).amin(-1, keepdim=True)
+        first = logits.argmax(-1, keepdim=True)    # documented: the first maximal index
         return f.scatter_add_(-1, first, rem)
