@@ -142,3 +142,22 @@ def test_unsupported_version(packed, run, tmp_path):
     p.write_bytes(bytes(data))
     r = run("decompress", str(p), "-o", str(tmp_path / "o"))
     assert r.exit_code == 1 and "unsupported llmz version 9" in r.output
+
+
+@pytest.mark.parametrize("source, packed, model", [
+    ("text.txt", "default.llmz", None), ("code.go", "starter.llmz", "starter")])
+def test_golden_files_of_an_earlier_engine(run, tmp_path, source, packed, model):
+    """Files an earlier engine wrote (tests/data/README.md) decode, and the same
+    input still encodes to the same bytes: no engine change may alter the integers."""
+    from pathlib import Path
+
+    from llmfs.model import MODELS_DIR
+
+    data = Path(__file__).parent / "data"
+    out = tmp_path / source
+    assert run("decompress", str(data / packed), "-o", str(out)).exit_code == 0
+    assert out.read_bytes() == (data / source).read_bytes()
+    extra = ("--model", str(MODELS_DIR / model / "model.safetensors")) if model else ()
+    again = tmp_path / packed
+    assert run("compress", str(out), "-o", str(again), *extra).exit_code == 0
+    assert again.read_bytes() == (data / packed).read_bytes()
