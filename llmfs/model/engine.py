@@ -108,11 +108,6 @@ def clamp8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_(-127, 127)
 
 
-def round_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """round(num / den) for int64 tensors with den > 0 (half up)."""
-    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
-
-
 def isqrt(n: torch.Tensor) -> torch.Tensor:
     """floor(sqrt(n)) for int64 n in [0, 2**52).
 
@@ -126,7 +121,7 @@ def isqrt(n: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LayerW:
-    norm1: torch.Tensor    # [d] int64 RMSNorm gains (NORM_CB fractional bits)
+    norm1: torch.Tensor    # [d] int64 RMSNorm gains (NORM_CB fractional bits) << NORM_R + 1
     wqkv: torch.Tensor     # [d, 3d] float32 holding int8 (transposed for x @ w)
     qkv_m: torch.Tensor    # [3d] requant multipliers to int8 q/k/v
     score_half: torch.Tensor   # [H, 1, 1] float32 2**(k-1): q.k -> logit units is
@@ -197,7 +192,7 @@ class Engine:
         self.emb = t("emb")                   # [V, d] residual fixed point
         self.head = w("head")                 # [d, V]
         self.head_m = t("head_m")             # [V] -> logit units 1/ZV nat
-        self.norm_f = t("norm_f")
+        self.norm_f = t("norm_f") << (NORM_R + 1)   # RMSNorm gains pre-shifted, see _norm
         exp_attn = t("exp_attn")                      # exp(-i/ZA) * 2**16
         if exp_attn.min() < 0 or exp_attn.max() > 1 << 16:
             raise ValueError("attention exp table out of range")
@@ -236,10 +231,10 @@ class Engine:
                 if (w2_m.abs() >= 1 << 33).any():
                     raise ValueError("w2 multipliers out of range")
             self.layers.append(LayerW(
-                norm1=t(p + "norm1"), wqkv=w(p + "wqkv"), qkv_m=t(p + "qkv_m"),
+                norm1=t(p + "norm1") << (NORM_R + 1), wqkv=w(p + "wqkv"), qkv_m=t(p + "qkv_m"),
                 score_half=2.0 ** (shift - 1), score_scale=2.0 ** -shift,
                 wo=w(p + "wo"), wo_m=t(p + "wo_m"),
-                norm2=t(p + "norm2"), w1=w(p + "w1"), w1_m=t(p + "w1_m"),
+                norm2=t(p + "norm2") << (NORM_R + 1), w1=w(p + "w1"), w1_m=t(p + "w1_m"),
                 gelu=gelu.flatten().to(torch.int64 if self.llama else self.act),
                 gelu_n=(gelu.shape[1] - 1) // 2,
                 w2=w2, w2_m=w2_m, **extra))
@@ -266,13 +261,17 @@ class Engine:
             return exact_mm(a, w)
         return torch._int_mm(a.reshape(-1, a.shape[-1]), w).view(*a.shape[:-1], w.shape[1])
 
-    def _norm(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-        """Integer RMSNorm of residual x (int64) -> int8-valued float32."""
+    def _norm(self, x: torch.Tensor, gain2: torch.Tensor) -> torch.Tensor:
+        """Integer RMSNorm of residual x (int64) -> int8-valued activations:
+        round((x * gain << NORM_R) / (rms << NORM_CB)), half up, computed as
+        floor((x * gain2 + den) / 2den) with gain2 = gain << (NORM_R + 1)
+        shifted at load (two fewer passes over x than the plain formula)."""
         d = x.shape[-1]
         ss = (x * x).sum(-1, keepdim=True)
         eps = int(self.cfg.norm_eps * (1 << (2 * (FX + NORM_R))))
         r = isqrt(torch.div(ss << (2 * NORM_R), d, rounding_mode="floor") + eps)
-        y = round_div((x * gain) << NORM_R, r << NORM_CB)
+        den = r << NORM_CB
+        y = torch.div(x * gain2 + den, den << 1, rounding_mode="floor")
         return clamp8(y).to(self.act)
 
     def _window_bias(self, fill: int, n: int) -> tuple[int, torch.Tensor]:

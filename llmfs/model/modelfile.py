@@ -7,6 +7,7 @@ without the source tree.  Frames record the first 8 bytes of the id.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,23 @@ def model_bytes(cfg: Config, tok: ByteTokenizer, tensors: dict[str, torch.Tensor
     """The model file for integer *tensors* (see ``export.quantize``)."""
     meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict(), sort_keys=True),
             "tokenizer": tok.to_str(), "notes": json.dumps(notes, sort_keys=True)}
-    return save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=meta)
+    data = save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=meta)
+    return _sorted_metadata(data)
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same safetensors file with its metadata keys in sorted order.
+
+    safetensors writes the metadata map in no fixed order, so the same model
+    exported twice got two ids; the id is the hash of the bytes, so the
+    header is rewritten canonically (same tensors, offsets relative to the
+    data section, header padded with spaces to 8 bytes as safetensors does)."""
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
 
 
 def save_model(path: Path, cfg: Config, tok: ByteTokenizer, tensors: dict[str, torch.Tensor],

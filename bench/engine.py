@@ -1,0 +1,70 @@
+"""Integer engine speed on one process: `python bench/engine.py [--threads N] [FILE...]`.
+
+For the first 64 KiB of each file (default: dickens, enwik6, xml of
+../shared/corpus), with the default model: encode KB/s (chunked forward +
+range coder) and decode KB/s of that one block (its segments as one batch),
+once with int8 matmuls as integer matmuls (where the engine's probe allows)
+and once with the exact float32 path.  Both paths must give the same
+payload; the script checks it.  Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load
+
+from llmfs.bench import corpus_files, read_sample
+from llmfs.codec.llm import LLMCodec
+from llmfs.model.engine import Engine, int8_mm_exact
+from llmfs.model.modelfile import LanguageModel
+
+BLOCK = 65536
+
+
+def measure(codec: LLMCodec, data: bytes) -> tuple[bytes, float, float]:
+    """(payload, encode KB/s, decode KB/s) of *data*; decoding is checked."""
+    t = time.perf_counter()
+    enc = codec.encode(data)
+    t_enc = time.perf_counter() - t
+    t = time.perf_counter()
+    ids = codec.decode_many([(enc.payload, enc.n_tokens)])[0]
+    t_dec = time.perf_counter() - t
+    if codec.model.tokenizer.decode(ids) != data:
+        raise SystemExit("decode mismatch")
+    return enc.payload, len(data) / t_enc / 1e3, len(data) / t_dec / 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="*", type=Path)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = LanguageModel.load()
+    paths = [("int8 matmul", model.engine)] if int8_mm_exact() else []
+    plain = LanguageModel(model.id, model.cfg, model.tokenizer,
+                          Engine(model.cfg, load(model.data), int8=False), model.notes, model.data)
+    paths.append(("float32 matmul", plain.engine))
+    print(f"model {model.id.hex()[:16]}; first {BLOCK} bytes; {args.threads} thread(s); "
+          f"torch._int_mm exact here: {int8_mm_exact()}")
+    print("| file | engine path | encode KB/s | decode KB/s (one block) |")
+    print("|---|---|---:|---:|")
+    for path in args.files or [p for p in corpus_files()
+                               if p.name.split(".")[0] in ("dickens", "enwik6", "xml")]:
+        data = read_sample(path, BLOCK)
+        payloads = set()
+        for name, engine in paths:
+            codec = LLMCodec(plain if engine is plain.engine else model)
+            codec.encode(data[:4096])   # warm-up
+            payload, enc, dec = measure(codec, data)
+            payloads.add(payload)
+            print(f"| {path.name.split('.')[0]} | {name} | {enc:.1f} | {dec:.1f} |", flush=True)
+        if len(payloads) != 1:
+            raise SystemExit("the two engine paths gave different payloads")
+
+
+if __name__ == "__main__":
+    main()
