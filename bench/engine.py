@@ -10,6 +10,7 @@ payload; the script checks it.  Not a test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -44,10 +45,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = LanguageModel.load()
-    paths = [("int8 matmul", model.engine)] if int8_mm_exact() else []
-    plain = LanguageModel(model.id, model.cfg, model.tokenizer,
-                          Engine(model.cfg, load(model.data), int8=False), model.notes, model.data)
-    paths.append(("float32 matmul", plain.engine))
+    paths = [("int8 matmul", model)] if int8_mm_exact() else []
+    paths.append(("float32 matmul", dataclasses.replace(
+        model, engine=Engine(model.cfg, load(model.data), int8=False))))
     print(f"model {model.id.hex()[:16]}; first {BLOCK} bytes; {args.threads} thread(s); "
           f"torch._int_mm exact here: {int8_mm_exact()}")
     print("| file | engine path | encode KB/s | decode KB/s (one block) |")
@@ -56,8 +56,8 @@ def main() -> None:
                                if p.name.split(".")[0] in ("dickens", "enwik6", "xml")]:
         data = read_sample(path, BLOCK)
         payloads = set()
-        for name, engine in paths:
-            codec = LLMCodec(plain if engine is plain.engine else model)
+        for name, lm in paths:
+            codec = LLMCodec(lm)
             codec.encode(data[:4096])   # warm-up
             payload, enc, dec = measure(codec, data)
             payloads.add(payload)

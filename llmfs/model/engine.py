@@ -211,7 +211,7 @@ class Engine:
         # (sums <= window * 256 * 127 < 2**24), which is several times faster.
         self.exp_split = cfg.window * 256 * 127 < 1 << 24
         self.banded = bool(exp_attn[-1] == 0)   # masked keys weigh 0, so they may be left out
-        self._step_bias: dict[int, tuple[int, torch.Tensor]] = {}
+        self._step_bias: dict[int, torch.Tensor] = {}
         if self.exp_split:    # two 1-D tables: 2.5x faster lookups than one [N, 2] table
             self.exp_attn = (exp_attn >> 8).to(torch.float32)
             self.exp_attn_lo = (exp_attn & 255).to(torch.float32)
@@ -286,22 +286,24 @@ class Engine:
         y = torch.div(x * gain2 + den, den << 1, rounding_mode="floor")
         return clamp8(y).to(self.act)
 
-    def _window_bias(self, fill: int, n: int) -> tuple[int, torch.Tensor]:
-        """First cached key each query may see, and the ALiBi bias [H, n, keys]
-        with keys outside the window pushed to -2**23 (weight exactly 0).
-        Single-token steps (decoding) reuse one per cache fill."""
+    def _first_key(self, fill: int) -> int:
+        """The first cached key that the first of the next queries may see."""
+        return max(0, fill - self.cfg.window + 1)
+
+    def _window_bias(self, fill: int, n: int) -> torch.Tensor:
+        """The ALiBi bias [H, n, keys from _first_key on] with keys outside the
+        window pushed to -2**23 (weight exactly 0).  Single-token steps
+        (decoding) reuse one per cache fill."""
         if n == 1 and fill in self._step_bias:
             return self._step_bias[fill]
         W = self.cfg.window
-        start = max(0, fill - W + 1)
         dist = (torch.arange(fill, fill + n, device=self.device)[:, None]
-                - torch.arange(start, fill + n, device=self.device)[None, :])
-        bias = self.alibi[:, dist.clamp(0, W - 1)]
-        outside = (dist < 0) | (dist >= W)
-        out = start, bias.masked_fill_(outside, float(1 << 23))
+                - torch.arange(self._first_key(fill), fill + n, device=self.device)[None, :])
+        bias = self.alibi[:, dist.clamp(0, W - 1)].masked_fill_((dist < 0) | (dist >= W),
+                                                                float(1 << 23))
         if n == 1:     # fill < window + 64 when decoding: a small, bounded set
-            self._step_bias[fill] = out
-        return out
+            self._step_bias[fill] = bias
+        return bias
 
     def _band_bias(self, fill: int, n: int) -> torch.Tensor:
         """The bias [H, groups, BAND, W - 1 + BAND] of banded attention: group g
@@ -317,7 +319,7 @@ class Engine:
         return bias[:, None].masked_fill((key < 0)[None, :, None, :], float(1 << 23))
 
     def _attention(self, lw: LayerW, y: torch.Tensor, cache: KVCache, li: int,
-                   start: int, bias: torch.Tensor) -> torch.Tensor:
+                   bias: torch.Tensor) -> torch.Tensor:
         """Attention over the cache; with a 4-d *bias* (see ``_band_bias``) the
         queries run in groups of BAND, each against only the keys it can see
         (W - 1 + BAND instead of W - 1 + n), which gives the same integers since
@@ -336,7 +338,7 @@ class Engine:
             cache.k.append(kv_buffer(B, KV, cap, hd, y.device, torch.float32, keys=True))
             cache.v.append(kv_buffer(B, KV, cap, hd, y.device, self.v_dtype, keys=False))
         ck, cv = cache.k[li], cache.v[li]
-        fill = cache.fill
+        fill, start = cache.fill, self._first_key(cache.fill)
         ck[:, :, fill:fill + n] = k
         cv[:, :, fill:fill + n] = v
         keys, vals = ck[:, :, start:fill + n], cv[:, :, start:fill + n]
@@ -411,11 +413,11 @@ class Engine:
             self._compact(cache, n)
         x = self.emb[tokens.to(self.device)]                            # [B, n, d] int64
         if self.banded and n >= 2 * BAND and n % BAND == 0:
-            start, bias = max(0, cache.fill - cfg.window + 1), self._band_bias(cache.fill, n)
+            bias = self._band_bias(cache.fill, n)
         else:
-            start, bias = self._window_bias(cache.fill, n)
+            bias = self._window_bias(cache.fill, n)
         for li, lw in enumerate(self.layers):
-            a = self._attention(lw, self._norm(x, lw.norm1), cache, li, start, bias)
+            a = self._attention(lw, self._norm(x, lw.norm1), cache, li, bias)
             x = x + requant(self._mm(a, lw.wo), lw.wo_m)
             x = x + self._mlp(lw, self._norm(x, lw.norm2))
         cache.fill += n
