@@ -31,7 +31,7 @@ def measure(codec: LLMCodec, data: bytes) -> tuple[bytes, float, float]:
     enc = codec.encode(data)
     t_enc = time.perf_counter() - t
     t = time.perf_counter()
-    ids = codec.decode_many([(enc.payload, enc.n_tokens)])[0]
+    ids = codec.decode_many([enc])[0]
     t_dec = time.perf_counter() - t
     if codec.model.tokenizer.decode(ids) != data:
         raise SystemExit("decode mismatch")

@@ -1,9 +1,11 @@
 """Cost and gain of segmented llm payloads: `python bench/segments.py [FILE...]`.
 
 For the first 64 KiB block of each file (default: dickens, enwik6, xml of
-../shared/corpus): bits per byte at several segment lengths (each segment is
-an independent stream starting from a fresh context), and the time one block
-takes to decode on one thread, unsegmented vs the codec's segment length.
+../shared/corpus): bits per byte of the model alone at several segment
+lengths (each segment is a stream starting from a fresh model context; with
+the match model, which looks across segments, see bench/match.py), and the
+time one block takes to decode on one thread, unsegmented vs the codec's
+segment length.
 """
 from __future__ import annotations
 
@@ -32,10 +34,10 @@ def main(paths: list[Path]) -> None:
     print("|---|" + "---:|" * len(lengths))
     for p in paths:
         block = read_sample(p, 65536)
-        base = codec.cost_bits(block, UNBOUNDED)
+        base = codec.cost_bits(block, UNBOUNDED, match=False)
         cells = []
         for n in lengths:
-            b = codec.cost_bits(block, n)
+            b = codec.cost_bits(block, n, match=False)
             cells.append(f"{b / len(block):.4f}" + ("" if n == UNBOUNDED
                                                       else f" (+{100 * (b / base - 1):.2f} %)"))
         print(f"| {p.name.removesuffix('.xz')} | " + " | ".join(cells) + " |", flush=True)
@@ -44,7 +46,7 @@ def main(paths: list[Path]) -> None:
         llm.SEGMENT = n
         enc = codec.encode(block)
         t = time.perf_counter()
-        toks = codec.decode_many([(enc.payload, enc.n_tokens)])[0]
+        toks = codec.decode_many([enc])[0]
         assert model.tokenizer.decode(toks) == block
         name = "unsegmented" if n == UNBOUNDED else f"{n}-token segments"
         print(f"one 64 KiB block of {paths[0].name}, {name}: decoded in "

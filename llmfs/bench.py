@@ -42,7 +42,7 @@ def weight_count(cfg) -> int:
 
 def warm_up(codec: LLMCodec | LLMPool, workers: int) -> None:
     """Start every worker and run the model once, so timings exclude start-up."""
-    codec.decode_many([(codec.encode_many([(b"warm up " * 20, math.inf)])[0].payload, 1)] * workers)
+    codec.decode_many(codec.encode_many([(b"warm up " * 20, math.inf)]) * workers)
 
 
 def measure(data: bytes, codec: LLMCodec | LLMPool, block_size: int) -> dict:
@@ -52,7 +52,7 @@ def measure(data: bytes, codec: LLMCodec | LLMPool, block_size: int) -> dict:
     encoded = codec.encode_many([(b, math.inf) for b in blocks])
     t_enc = time.perf_counter() - t
     t = time.perf_counter()
-    tokens = codec.decode_many([(e.payload, e.n_tokens) for e in encoded])
+    tokens = codec.decode_many(encoded)
     t_dec = time.perf_counter() - t
     if any(model.tokenizer.decode(tk) != b for tk, b in zip(tokens, blocks)):
         raise RuntimeError("llm round trip failed")

@@ -58,7 +58,7 @@ def test_long_block_is_several_segments_and_decodes(model):
     enc = codec.encode(block)
     streams = split_segments(enc.payload, enc.n_tokens)
     assert len(streams) == -(-enc.n_tokens // SEGMENT) >= 3
-    assert model.tokenizer.decode(codec.decode_many([(enc.payload, enc.n_tokens)])[0]) == block
+    assert model.tokenizer.decode(codec.decode_many([enc])[0]) == block
     bad = bytearray(enc.payload)
     bad[3] ^= 1                                          # damaged segment table
-    assert codec.decode_many([(bytes(bad), enc.n_tokens)]) == [None]
+    assert codec.decode_many([enc._replace(payload=bytes(bad))]) == [None]

@@ -3,17 +3,25 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import PROSE, TEXT
-from llmfs.codec.frame import Codec, Frame, FrameError, checksum
+from llmfs.codec.frame import READS, Codec, Frame, FrameError, checksum
 from llmfs.codec.policy import BlockCodec
 
 
 @settings(max_examples=200)
 @given(st.sampled_from([Codec.RAW, Codec.ZSTD, Codec.LLM]), st.binary(max_size=300),
-       st.binary(min_size=8, max_size=8), st.integers(0, 1000))
-def test_pack_unpack(codec, payload, model, n):
+       st.binary(min_size=8, max_size=8), st.integers(0, 1000), st.sampled_from(READS))
+def test_pack_unpack(codec, payload, model, n, version):
     f = Frame(codec, 1000, checksum(payload), payload,
-              model if codec == Codec.LLM else b"", n if codec == Codec.LLM else 0)
+              model if codec == Codec.LLM else b"", n if codec == Codec.LLM else 0, version)
     assert Frame.unpack(f.pack()) == f
+    assert f.match == (version >= 3)
+
+
+def test_new_frames_use_the_match_model_and_unknown_versions_are_refused():
+    assert Frame(Codec.LLM, 1, bytes(16), b"", bytes(8), 1).match
+    future = Frame(Codec.ZSTD, 1, bytes(16), b"", version=max(READS) + 1).pack()
+    with pytest.raises(FrameError, match="unsupported frame version 4"):
+        Frame.unpack(future)
 
 
 def corrupt_all(frame: bytes):

@@ -19,7 +19,8 @@ from enum import IntEnum
 import xxhash
 
 MAGIC = b"LB"
-VERSION = 2   # 2: llm payloads are segmented (codec/segments.py)
+VERSION = 3   # 2: llm payloads are segmented (codec/segments.py); 3: ... and match-mixed
+READS = (2, 3)
 MAX_BLOCK = 1 << 26  # 64 MiB: larger raw lengths are treated as damage
 _FIXED = struct.Struct("<2sBBI16s")
 _LLM_EXT = struct.Struct("<8sI")
@@ -48,9 +49,15 @@ class Frame:
     payload: bytes
     model: bytes = b""   # llm only: short model id
     n_tokens: int = 0    # llm only
+    version: int = VERSION
+
+    @property
+    def match(self) -> bool:
+        """Whether an llm payload was coded with the match model (codec/match.py)."""
+        return self.version >= 3
 
     def pack(self) -> bytes:
-        head = _FIXED.pack(MAGIC, VERSION, self.codec, self.raw_len, self.digest)
+        head = _FIXED.pack(MAGIC, self.version, self.codec, self.raw_len, self.digest)
         if self.codec == Codec.LLM:
             head += _LLM_EXT.pack(self.model, self.n_tokens)
         return head + _CRC.pack(xxhash.xxh32_intdigest(head)) + self.payload
@@ -63,8 +70,9 @@ class Frame:
         magic, version, codec, raw_len, digest = _FIXED.unpack_from(data)
         if magic != MAGIC:
             raise FrameError("not a block frame (bad magic)")
-        if version != VERSION:
-            raise FrameError(f"unsupported frame version {version} (this llmfs reads {VERSION})")
+        if version not in READS:
+            raise FrameError(f"unsupported frame version {version} "
+                             f"(this llmfs reads {', '.join(map(str, READS))})")
         try:
             codec = Codec(codec)
         except ValueError:
@@ -80,4 +88,4 @@ class Frame:
             raise FrameError("frame header checksum mismatch")
         if raw_len > MAX_BLOCK or n_tokens > raw_len:
             raise FrameError("implausible frame header")
-        return cls(codec, raw_len, digest, data[pos + _CRC.size:], model, n_tokens)
+        return cls(codec, raw_len, digest, data[pos + _CRC.size:], model, n_tokens, version)

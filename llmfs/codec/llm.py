@@ -9,12 +9,13 @@ predicted from the previous ``window`` tokens (ALiBi needs no position
 re-encoding, so old keys are simply evicted).
 
 A block's tokens are coded in independent segments (``segments.py``), so
-one block decodes as a batch of streams.
+one block decodes as a batch of streams.  Within a stream the model's tables
+are mixed with a match model (``match.py``) for repeats beyond the window;
+payloads written before it (frame version 2) decode without.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import constriction
 import numpy as np
@@ -22,15 +23,10 @@ import torch
 
 from ..model.engine import FREQ_BITS, KVCache
 from ..model.modelfile import LanguageModel
-from .segments import SEGMENT, Stream, decode_segmented, join_segments
+from .match import Confidence, MatchGroup, match_plan, mix
+from .segments import SEGMENT, Coded, Stream, join_segments, split_segments
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
-
-
-@dataclass
-class Encoded:
-    payload: bytes
-    n_tokens: int
 
 
 class LLMCodec:
@@ -49,14 +45,38 @@ class LLMCodec:
         f = freqs.gather(-1, syms.to(freqs.device)[:, None]).squeeze(-1).double() + 1
         return float((FREQ_BITS - torch.log2(f)).sum())
 
-    def _tables(self, ids: np.ndarray):
-        """Yield (start, end, freqs) chunk by chunk for token ids of one block."""
+    def _streams(self, ids: np.ndarray, segment: int, match: bool):
+        """Yield each segment's token ids and its (start, end, freqs) chunks;
+        with *match*, tables are mixed with the block's match model."""
+        parts = [ids[s:s + segment] for s in range(0, len(ids), segment)]
+        plans = match_plan([p.tolist() for p in parts]) if match else [None] * len(parts)
+        for part, plan in zip(parts, plans):
+            yield part, self._tables(part, plan)
+
+    def _tables(self, ids: np.ndarray, plan: list[tuple[int, int] | None] | None):
+        """Yield (start, end, freqs) chunk by chunk for the token ids of one
+        stream, mixed with the match predictions *plan* (None: model alone)."""
         syms = torch.from_numpy(ids)
         inp = torch.cat([torch.tensor([self.bos]), syms[:-1]])[None]
         cache = KVCache()
+        conf = Confidence()
+        toks = ids.tolist()
         for start in range(0, len(ids), self.chunk):
             end = min(len(ids), start + self.chunk)
-            yield start, end, self.engine.freqs(self.engine.step(inp[:, start:end], cache)[0])
+            freqs = self.engine.freqs(self.engine.step(inp[:, start:end], cache)[0])
+            if plan is not None:
+                freqs = freqs.cpu()
+                table = freqs.numpy()
+                rows, preds, probs = [], [], []
+                for k in range(end - start):
+                    if plan[start + k] is not None:
+                        pred, length = plan[start + k]
+                        rows.append(k)
+                        preds.append(pred)
+                        probs.append(conf.prob(length, int(table[k, pred])))
+                        conf.learn(toks[start + k] == pred)
+                mix(table, rows, preds, probs)
+            yield start, end, freqs
 
     @staticmethod
     def _three_buckets(freqs: torch.Tensor, syms: torch.Tensor):
@@ -85,46 +105,58 @@ class LLMCodec:
         return (which.cpu().numpy().astype(np.int32), _FAMILY,
                 mid.cpu().numpy().astype(np.float64))
 
-    def cost_bits(self, block: bytes, segment: int = SEGMENT) -> float:
-        """Ideal code length of *block* in bits (what ``encode`` stores, within 0.1%)."""
+    def cost_bits(self, block: bytes, segment: int = SEGMENT, match: bool = True) -> float:
+        """Ideal code length of *block* in bits (what ``encode`` stores, within
+        0.1%); ``match=False``: as version-2 frames coded it, with the model alone."""
         ids = self.model.tokenizer.encode(block)
         total = 0.0
-        for seg in range(0, len(ids), segment):
-            part = ids[seg:seg + segment]
+        for part, tables in self._streams(ids, segment, match):
             syms = torch.from_numpy(part)
-            total += sum(self.token_bits(f, syms[s:e]) for s, e, f in self._tables(part))
+            total += sum(self.token_bits(f, syms[s:e]) for s, e, f in tables)
         return total
 
-    def encode(self, block: bytes, abort_bpb: float = math.inf) -> Encoded | None:
+    def encode(self, block: bytes, abort_bpb: float = math.inf) -> Coded | None:
         """Range-code *block*; ``None`` when the first chunk already costs more
         than *abort_bpb* bits per byte (so the model cannot win)."""
         ids = self.model.tokenizer.encode(block)
         tok_bytes = self.model.tokenizer.id_bytes
         streams = []
-        for seg in range(0, len(ids), SEGMENT):
-            part = ids[seg:seg + SEGMENT]
+        for seg, (part, tables) in enumerate(self._streams(ids, SEGMENT, match=True)):
             syms = torch.from_numpy(part)
             enc = constriction.stream.queue.RangeEncoder()
-            for start, end, freqs in self._tables(part):
+            for start, end, freqs in tables:
                 if seg == start == 0 and math.isfinite(abort_bpb):
                     nbytes = sum(len(tok_bytes[i]) for i in part[:end])
                     if self.token_bits(freqs, syms[:end]) > abort_bpb * nbytes:
                         return None
                 enc.encode(*self._three_buckets(freqs, syms[start:end]))
             streams.append((enc.get_compressed().tobytes(), len(part)))
-        return Encoded(join_segments(streams), len(ids))
+        return Coded(join_segments(streams), len(ids))
 
-    def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Encoded | None]:
+    def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Coded | None]:
         """``encode(block, abort_bpb)`` for each job (the pool's interface, in-process)."""
         return [self.encode(*job) for job in jobs]
 
-    def decode_many(self, items: list[tuple[bytes, int]]) -> list[list[int] | None]:
-        """Decode (payload, n_tokens) pairs in one batch; returns token ids per
-        item, or None for a payload the coder rejects (the others go on)."""
-        return decode_segmented(items, self.decode_streams)
+    def decode_many(self, items: list[Coded]) -> list[list[int] | None]:
+        """Decode payloads in one batch; returns token ids per item, or None
+        for a payload the coder rejects (the others go on)."""
+        streams: list[Stream] = []
+        groups: list[range] = []          # each item's streams; match groups where it matches
+        for item in items:
+            segs = split_segments(item.payload, item.n_tokens)
+            groups.append(range(len(streams), len(streams) + len(segs or ())))
+            streams += segs or ()
+        toks = self._decode_streams(streams, [g for g, it in zip(groups, items) if it.match])
+        out: list[list[int] | None] = []
+        for item, g in zip(items, groups):
+            parts = [toks[k] for k in g]
+            out.append(None if split_segments(item.payload, item.n_tokens) is None
+                       or any(p is None for p in parts) else [t for p in parts for t in p])
+        return out
 
-    def decode_streams(self, items: list[Stream]) -> list[list[int] | None]:
-        """Decode independent streams in one batch, token by token."""
+    def _decode_streams(self, items: list[Stream], groups: list[range]) -> list[list[int] | None]:
+        """Decode streams in one batch, token by token, all in lockstep; the
+        streams of each of *groups* share a match model."""
         out: list[list[int] | None] = [[] for _ in items]
         decoders = {}
         for i, (payload, n) in enumerate(items):
@@ -135,11 +167,24 @@ class LLMCodec:
                 continue
             decoders[i] = constriction.stream.queue.RangeDecoder(
                 np.frombuffer(payload, dtype=np.uint32).copy())
+        matchers = [(MatchGroup(len(g)), g) for g in groups]
+        member = {k: (m, k - g.start) for m, g in matchers for k in g}
+        conf = {k: Confidence() for k in member}
         active = list(decoders)
         cache = KVCache()
         cur = torch.full((len(active), 1), self.bos, dtype=torch.int64)
         while active:
             freqs = self.engine.freqs(self.engine.step(cur, cache)[:, 0]).cpu().numpy()
+            guess: dict[int, tuple[int, int]] = {}
+            for m, g in matchers:
+                for k, p in zip(g, m.predictions()):
+                    if p is not None:
+                        guess[k] = p
+            rows = [row for row, i in enumerate(active) if i in guess]
+            preds = [guess[active[row]][0] for row in rows]
+            mix(freqs, rows, preds,
+                [conf[active[row]].prob(guess[active[row]][1], int(freqs[row, guess[active[row]][0]]))
+                 for row in rows])
             freqs = freqs.astype(np.float64)
             nxt, keep = [], []
             for row, i in enumerate(active):
@@ -149,6 +194,11 @@ class LLMCodec:
                     out[i] = None
                     continue
                 out[i].append(sym)
+                if i in guess:
+                    conf[i].learn(sym == guess[i][0])
+                if i in member:
+                    m, local = member[i]
+                    m.append(local, sym)
                 if len(out[i]) < items[i][1]:
                     nxt.append(sym)
                     keep.append(row)

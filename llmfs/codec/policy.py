@@ -19,8 +19,9 @@ import zstandard
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
-from .frame import Codec, Frame, FrameError, checksum
+from .frame import VERSION, Codec, Frame, FrameError, checksum
 from .plain import unzstd
+from .segments import Coded
 from .workers import LLMPool
 
 if TYPE_CHECKING:
@@ -48,9 +49,11 @@ def _in_process(model: LanguageModel | ModelFile) -> LLMCodec:
 
 
 def encoder_tag(short_ids: list[bytes]) -> bytes:
-    """Names a list of encoding models: the compactor marks blocks none of them
-    shrank with it, and tries them again only when the list changes."""
-    return hashlib.blake2b(b"".join(short_ids), digest_size=8).digest()
+    """Names a list of encoding models and the frame format they write: the
+    compactor marks blocks none of them shrank with it, and tries them again
+    only when the list changes or a new format codes better (the match model
+    of version 3 made blocks the model alone had lost worth another try)."""
+    return hashlib.blake2b(bytes([VERSION]) + b"".join(short_ids), digest_size=8).digest()
 
 
 class BlockCodec:
@@ -200,7 +203,8 @@ class BlockCodec:
             by_model.setdefault(f.model, []).append(i)
         for mid, idx in by_model.items():
             codec = self.llm[mid]
-            toks = codec.decode_many([(frames[i].payload, frames[i].n_tokens) for i in idx])
+            toks = codec.decode_many([Coded(frames[i].payload, frames[i].n_tokens, frames[i].match)
+                                      for i in idx])
             for i, t in zip(idx, toks):
                 out[i] = None if t is None else codec.model.tokenizer.decode(t)
         return out

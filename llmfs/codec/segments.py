@@ -3,9 +3,10 @@
 A block's tokens are cut into segments of ``SEGMENT`` tokens, each coded as
 an independent stream that starts from a fresh context.  Decoding is
 token-serial within a stream, so segments are what lets one block decode as
-a batch (and across worker processes): a 64 KiB block is about a dozen
-streams instead of one 23k-step chain.  The price is the context lost at
-each segment start (measured in docs/ARCHITECTURE.md, "Segments").
+a batch: a 64 KiB block is about a dozen streams instead of one 23k-step
+chain.  The price is the model context lost at each segment start (measured
+in docs/ARCHITECTURE.md, "Segments"); the match model (``match.py``) looks
+across the segments of a block, which decode in lockstep.
 
 llm payload: ``u16 count``, then per segment ``u32 tokens, u32 bytes``, then
 the segments' range-coder words in order.  No torch here: the filesystem
@@ -14,13 +15,20 @@ daemon splits and joins payloads while worker processes run the model.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from typing import NamedTuple
 
 SEGMENT = 2048
 _COUNT = struct.Struct("<H")
 _SEG = struct.Struct("<II")
 
 Stream = tuple[bytes, int]   # one segment: range-coder words, token count
+
+
+class Coded(NamedTuple):
+    """An llm payload (or one segment of it) as the decoder needs it."""
+    payload: bytes
+    n_tokens: int
+    match: bool = True   # tables mixed with the match model (frames since version 3)
 
 
 def join_segments(streams: list[Stream]) -> bytes:
@@ -44,26 +52,3 @@ def split_segments(payload: bytes, n_tokens: int) -> list[Stream] | None:
     if pos != len(payload) or sum(n for _, n in streams) != n_tokens:
         return None
     return streams
-
-
-def decode_segmented(items: list[tuple[bytes, int]],
-                     decode_streams: Callable[[list[Stream]], list[list[int] | None]]
-                     ) -> list[list[int] | None]:
-    """Decode (payload, n_tokens) items by decoding all their segments as one
-    batch of streams; an item is None if any of its streams is rejected."""
-    owners, flat = [], []
-    out: list[list[int] | None] = [[] for _ in items]
-    for i, (payload, n) in enumerate(items):
-        streams = split_segments(payload, n)
-        if streams is None:
-            out[i] = None
-            continue
-        owners += [i] * len(streams)
-        flat += streams
-    for i, toks in zip(owners, decode_streams(flat)):
-        if out[i] is None or toks is None:
-            out[i] = None
-        else:
-            out[i].extend(toks)
-    return out
-

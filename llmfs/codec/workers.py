@@ -13,10 +13,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
-from .segments import decode_segmented
+from .segments import Coded
 
 if TYPE_CHECKING:
-    from .llm import Encoded, LLMCodec
+    from .llm import LLMCodec
 
 _codec: LLMCodec | None = None
 
@@ -33,12 +33,12 @@ def _init(model_bytes: bytes) -> None:
     _codec = LLMCodec(LanguageModel.from_bytes(model_bytes))
 
 
-def _encode(job: tuple[bytes, float]) -> Encoded | None:
+def _encode(job: tuple[bytes, float]) -> Coded | None:
     return _codec.encode(*job)
 
 
-def _decode(items: list[tuple[bytes, int]]) -> list[list[int] | None]:
-    return _codec.decode_streams(items)
+def _decode(items: list[Coded]) -> list[list[int] | None]:
+    return _codec.decode_many(items)
 
 
 class LLMPool:
@@ -51,18 +51,19 @@ class LLMPool:
         self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init, initargs=(model.data,))
 
-    def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Encoded | None]:
+    def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Coded | None]:
         return list(self._ex.map(_encode, jobs))
 
-    def decode_many(self, items: list[tuple[bytes, int]]) -> list[list[int] | None]:
-        """Segments of all items are spread over the workers, so even a single
-        block decodes on every core."""
-        return decode_segmented(items, self._decode_streams)
-
-    def _decode_streams(self, items: list[tuple[bytes, int]]) -> list[list[int] | None]:
-        # longest first, dealt round-robin, so each worker gets a similar share
-        order = sorted(range(len(items)), key=lambda i: -items[i][1])
-        groups = [order[w::self.workers] for w in range(self.workers)]
+    def decode_many(self, items: list[Coded]) -> list[list[int] | None]:
+        """Items are spread over the workers whole, largest first to the least
+        loaded: the streams of one block decode in lockstep (they share a
+        match model), so a single block decodes on one core."""
+        load = [0] * self.workers
+        groups: list[list[int]] = [[] for _ in range(self.workers)]
+        for i in sorted(range(len(items)), key=lambda i: -items[i].n_tokens):
+            w = load.index(min(load))
+            groups[w].append(i)
+            load[w] += items[i].n_tokens
         groups = [g for g in groups if g]
         out: list[list[int] | None] = [None] * len(items)
         for g, res in zip(groups, self._ex.map(_decode, [[items[i] for i in g] for g in groups])):

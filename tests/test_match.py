@@ -1,0 +1,97 @@
+"""The match model: integer mixing, match finding, and its gain on real inference."""
+import random
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from conftest import PROSE
+from llmfs.codec.llm import LLMCodec
+from llmfs.codec.match import TOTAL, Confidence, MatchGroup, match_plan, mix
+from llmfs.codec.segments import Coded
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 5, 2048]), st.integers(1, TOTAL),
+       st.sampled_from(["random", "all_on_pred", "none_on_pred"]))
+def test_mix_gives_the_prediction_its_probability_and_keeps_the_total(seed, vocab, p, shape):
+    rng = np.random.default_rng(seed)
+    total = TOTAL - vocab
+    sym = int(rng.integers(vocab))
+    f = rng.integers(0, 1000, vocab).astype(np.int64)
+    if shape == "all_on_pred":
+        f[:] = 0
+        f[(sym + 1) % vocab] = 1     # everything else gets next to nothing
+    elif shape == "none_on_pred":
+        f[sym] = 0
+    f = np.floor(f * (total / max(1, f.sum()))).astype(np.int64)
+    f[int(f.argmax())] += total - f.sum()
+    table = np.stack([f, f])
+    mix(table, [1], [sym], [p])
+    assert (table[0] == f).all()                       # rows not named stay as they were
+    got = table[1]
+    assert got.sum() == total and (got >= 0).all()
+    if f[sym] == total:                                # nothing to take from the others
+        assert (got == f).all()
+        return
+    want = min(p, total)
+    assert want - 1 <= got[sym] <= want - 1 + vocab    # the coder adds 1: p, up to rounding
+    others = np.delete(np.arange(vocab), sym)          # ... and the others keep their shares
+    err = got[others] - f[others] * ((total + 1 - want) / (total - f[sym]))
+    assert (err > -2).all() and (err < 1e-6).all()
+
+
+def test_mix_leaves_a_table_that_is_all_prediction():
+    table = np.zeros((1, 4), dtype=np.int64)
+    table[0, 2] = TOTAL - 4
+    mix(table, [0], [2], [TOTAL // 2])
+    assert table[0].tolist() == [0, 0, TOTAL - 4, 0]
+
+
+def test_a_repeat_is_predicted_and_trusted_more_with_every_hit():
+    seq = random.Random(1).choices(range(500), k=300)
+    (plan,) = match_plan([seq + seq])
+    assert all(plan[k] == (seq[k - 300], plan[k][1]) for k in range(310, 600))
+    assert [plan[k][1] for k in range(310, 600)] == list(range(plan[310][1], plan[310][1] + 290))
+    conf, probs = Confidence(), []
+    for k in range(310, 600):
+        probs.append(conf.prob(plan[k][1], 1000))
+        conf.learn(True)
+    assert probs[-1] > 0.9 * TOTAL > probs[0]
+
+
+def test_a_miss_finds_the_longest_earlier_context():
+    (plan,) = match_plan([[1, 2, 3, 9, 7, 2, 3, 5, 0, 1, 2, 3, 4]])
+    assert plan[-1] == (9, 3)         # after "1 2 3": what followed "1 2 3", not "2 3" -> 5
+
+
+def test_streams_match_each_other_in_lockstep_only():
+    """At step s a stream sees the first s tokens of every stream of its block:
+    a stream that repeats another one later is predicted from it, one that
+    repeats it earlier cannot be (those tokens are decoded at the same time)."""
+    a = random.Random(2).sample(range(1000, 2000), 50)          # no token twice
+    later, earlier = [7] * 5 + a, a[5:]
+    plan = match_plan([a, later, earlier])
+    assert [p[0] for p in plan[1][6:]] == later[6:]          # from the 2nd token of a on
+    assert [p[0] for p in plan[1][2:6]] == [7] * 4           # its own run of 7s
+    assert plan[2] == [None] * len(earlier)
+    group = MatchGroup(3)                                    # the decoder's side: same plan
+    for s in range(len(later)):
+        preds = group.predictions()
+        assert [p[s] if s < len(p) else None for p in plan] == preds
+        for i, seq in enumerate((a, later, earlier)):
+            if s < len(seq):
+                group.append(i, seq[s])
+
+
+def test_block_with_a_repeat_beyond_the_window_costs_far_less(model):
+    """Real inference: a 2nd copy of prose further back than the model's window
+    is nearly free with the match model, and decodes back."""
+    codec = LLMCodec(model)
+    block = PROSE + PROSE[::-1] + PROSE        # the repeat starts > 256 tokens back
+    ids = model.tokenizer.encode(block)
+    assert len(model.tokenizer.encode(PROSE + PROSE[::-1])) > model.cfg.window
+    assert codec.cost_bits(block) < 0.8 * codec.cost_bits(block, match=False)
+    enc = codec.encode(block)
+    assert model.tokenizer.decode(codec.decode_many([enc])[0]) == block
+    # the same payload read as a version-2 (no match) payload does not give the block back
+    assert codec.decode_many([Coded(enc.payload, enc.n_tokens, match=False)])[0] != list(ids)
