@@ -341,6 +341,19 @@ def test_fio_verify_four_jobs(mounted):
     assert "verify" in r.stdout and "bad" not in r.stderr.lower()
 
 
+def test_st_blocks_counts_a_buffered_rewrite_once(mounted):
+    p = mounted.path("g")
+    p.write_bytes(os.urandom(4 * BS))                      # stored at close
+    with open(p, "r+b") as f:
+        f.write(b"x")
+        f.flush()                                          # in the daemon's write buffer
+        assert os.fstat(f.fileno()).st_blocks * 512 == 4 * BS
+        f.seek(6 * BS)
+        f.write(b"y")                                      # a new block (5 is a hole)
+        f.flush()
+        assert os.fstat(f.fileno()).st_blocks * 512 == 5 * BS
+
+
 def test_fallocate_punch_and_zero(mounted):
     p = mounted.path("f")
     data = bytearray(os.urandom(4 * BS))

@@ -19,7 +19,8 @@ from enum import IntEnum
 import xxhash
 
 MAGIC = b"LB"
-VERSION = 3   # 2: llm payloads are segmented (codec/segments.py); 3: ... and match-mixed
+VERSION = 3     # 2: llm payloads are segmented (codec/segments.py); 3: ... and match-mixed
+MODEL_ALONE = 2  # still written for llm payloads the encoder coded without the match model
 READS = (2, 3)
 MAX_BLOCK = 1 << 26  # 64 MiB: larger raw lengths are treated as damage
 _FIXED = struct.Struct("<2sBBI16s")

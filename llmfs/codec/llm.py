@@ -45,17 +45,15 @@ class LLMCodec:
         f = freqs.gather(-1, syms.to(freqs.device)[:, None]).squeeze(-1).double() + 1
         return float((FREQ_BITS - torch.log2(f)).sum())
 
-    def _streams(self, ids: np.ndarray, segment: int, match: bool):
-        """Yield each segment's token ids and its (start, end, freqs) chunks;
-        with *match*, tables are mixed with the block's match model."""
+    def _streams(self, ids: np.ndarray, segment: int):
+        """Yield each segment's token ids and its chunks' tables (``_tables``)."""
         parts = [ids[s:s + segment] for s in range(0, len(ids), segment)]
-        plans = match_plan([p.tolist() for p in parts]) if match else [None] * len(parts)
-        for part, plan in zip(parts, plans):
+        for part, plan in zip(parts, match_plan([p.tolist() for p in parts])):
             yield part, self._tables(part, plan)
 
-    def _tables(self, ids: np.ndarray, plan: list[tuple[int, int] | None] | None):
-        """Yield (start, end, freqs) chunk by chunk for the token ids of one
-        stream, mixed with the match predictions *plan* (None: model alone)."""
+    def _tables(self, ids: np.ndarray, plan: list[tuple[int, int] | None]):
+        """Yield (start, end, model tables, tables mixed with the match
+        predictions *plan*) chunk by chunk for the token ids of one stream."""
         syms = torch.from_numpy(ids)
         inp = torch.cat([torch.tensor([self.bos]), syms[:-1]])[None]
         cache = KVCache()
@@ -63,20 +61,19 @@ class LLMCodec:
         toks = ids.tolist()
         for start in range(0, len(ids), self.chunk):
             end = min(len(ids), start + self.chunk)
-            freqs = self.engine.freqs(self.engine.step(inp[:, start:end], cache)[0])
-            if plan is not None:
-                freqs = freqs.cpu()
-                table = freqs.numpy()
-                rows, preds, probs = [], [], []
-                for k in range(end - start):
-                    if plan[start + k] is not None:
-                        pred, length = plan[start + k]
-                        rows.append(k)
-                        preds.append(pred)
-                        probs.append(conf.prob(length, int(table[k, pred])))
-                        conf.learn(toks[start + k] == pred)
-                mix(table, rows, preds, probs)
-            yield start, end, freqs
+            alone = self.engine.freqs(self.engine.step(inp[:, start:end], cache)[0]).cpu()
+            mixed = alone.clone()
+            table = mixed.numpy()
+            rows, preds, probs = [], [], []
+            for k in range(end - start):
+                if plan[start + k] is not None:
+                    pred, length = plan[start + k]
+                    rows.append(k)
+                    preds.append(pred)
+                    probs.append(conf.prob(length, int(table[k, pred])))
+                    conf.learn(toks[start + k] == pred)
+            mix(table, rows, preds, probs)
+            yield start, end, alone, mixed
 
     @staticmethod
     def _three_buckets(freqs: torch.Tensor, syms: torch.Tensor):
@@ -110,28 +107,36 @@ class LLMCodec:
         0.1%); ``match=False``: as version-2 frames coded it, with the model alone."""
         ids = self.model.tokenizer.encode(block)
         total = 0.0
-        for part, tables in self._streams(ids, segment, match):
+        for part, tables in self._streams(ids, segment):
             syms = torch.from_numpy(part)
-            total += sum(self.token_bits(f, syms[s:e]) for s, e, f in tables)
+            total += sum(self.token_bits(mixed if match else alone, syms[s:e])
+                         for s, e, alone, mixed in tables)
         return total
 
     def encode(self, block: bytes, abort_bpb: float = math.inf) -> Coded | None:
-        """Range-code *block*; ``None`` when the first chunk already costs more
-        than *abort_bpb* bits per byte (so the model cannot win)."""
+        """Range-code *block* twice, with the model alone and mixed with the
+        match model, and keep the smaller (a model that already knows the data
+        well can lose by the mixing); ``None`` when the first chunk already
+        costs more than *abort_bpb* bits per byte both ways (the model cannot win)."""
         ids = self.model.tokenizer.encode(block)
         tok_bytes = self.model.tokenizer.id_bytes
-        streams = []
-        for seg, (part, tables) in enumerate(self._streams(ids, SEGMENT, match=True)):
+        streams: dict[bool, list[Stream]] = {False: [], True: []}
+        for seg, (part, tables) in enumerate(self._streams(ids, SEGMENT)):
             syms = torch.from_numpy(part)
-            enc = constriction.stream.queue.RangeEncoder()
-            for start, end, freqs in tables:
+            coders = {m: constriction.stream.queue.RangeEncoder() for m in streams}
+            for start, end, alone, mixed in tables:
                 if seg == start == 0 and math.isfinite(abort_bpb):
                     nbytes = sum(len(tok_bytes[i]) for i in part[:end])
-                    if self.token_bits(freqs, syms[:end]) > abort_bpb * nbytes:
+                    if min(self.token_bits(alone, syms[:end]),
+                           self.token_bits(mixed, syms[:end])) > abort_bpb * nbytes:
                         return None
-                enc.encode(*self._three_buckets(freqs, syms[start:end]))
-            streams.append((enc.get_compressed().tobytes(), len(part)))
-        return Coded(join_segments(streams), len(ids))
+                for m, freqs in ((False, alone), (True, mixed)):
+                    coders[m].encode(*self._three_buckets(freqs, syms[start:end]))
+            for m, coder in coders.items():
+                streams[m].append((coder.get_compressed().tobytes(), len(part)))
+        payloads = {m: join_segments(s) for m, s in streams.items()}
+        match = len(payloads[True]) <= len(payloads[False])
+        return Coded(payloads[match], len(ids), match)
 
     def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Coded | None]:
         """``encode(block, abort_bpb)`` for each job (the pool's interface, in-process)."""

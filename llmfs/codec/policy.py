@@ -19,7 +19,7 @@ import zstandard
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
-from .frame import VERSION, Codec, Frame, FrameError, checksum
+from .frame import MODEL_ALONE, VERSION, Codec, Frame, FrameError, checksum
 from .plain import unzstd
 from .segments import Coded
 from .workers import LLMPool
@@ -140,7 +140,7 @@ class BlockCodec:
                     self.counters["llm_aborted"] += 1
                 elif len(enc.payload) + 12 < len(best[i].payload):
                     cands[i] = Frame(Codec.LLM, len(blocks[i]), best[i].digest, enc.payload,
-                                     mid, enc.n_tokens)
+                                     mid, enc.n_tokens, VERSION if enc.match else MODEL_ALONE)
                 else:
                     self.counters["llm_not_smaller"] += 1
         if not cands:

@@ -286,12 +286,13 @@ class LLMFS(mfusepy.Operations):
             self._open[ino] += 1
             return fh
 
-    def _attrs(self, ino: int, inode: Inode) -> dict:
+    def _attrs(self, t: Txn, ino: int, inode: Inode) -> dict:
         d = self._dirty.get(ino)
         size, mtime, ctime, nblocks = inode.size, inode.mtime_ns, inode.ctime_ns, inode.nblocks
         if d is not None:
             size, mtime, ctime = d.size, d.mtime_ns, max(ctime, d.ctime_ns)
-            nblocks += len(d.blocks)
+            # buffered blocks count once: those replacing a stored block are in nblocks
+            nblocks += sum(1 for i in d.blocks if not t.block_keys(ino, i, i))
         return {"st_ino": ino, "st_mode": inode.mode, "st_nlink": inode.nlink,
                 "st_uid": inode.uid, "st_gid": inode.gid, "st_size": size,
                 "st_rdev": inode.rdev, "st_atime": inode.atime_ns, "st_mtime": mtime,
@@ -302,7 +303,7 @@ class LLMFS(mfusepy.Operations):
     def getattr(self, path: str | None, fh: int | None = None) -> dict:
         def op(t: Txn) -> dict:
             ino = self._ino(t, path, fh)
-            return self._attrs(ino, self._inode(t, ino))
+            return self._attrs(t, ino, self._inode(t, ino))
         with self._mutex:
             return self.store.read(op)
 
