@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import PROSE
 from llmfs.codec.llm import LLMCodec
 from llmfs.codec.match import TOTAL, Confidence, MatchGroup, match_plan, mix
-from llmfs.codec.segments import Coded
+from llmfs.codec.segments import Coded, split_segments
 
 
 @settings(max_examples=300)
@@ -115,3 +115,25 @@ def test_encoder_keeps_the_model_alone_where_mixing_loses(model, monkeypatch):
     assert model.tokenizer.decode(codec.decode_many([enc])[0]) == block
     frame = Frame.unpack(BlockCodec(model).encode_blocks([block])[0])
     assert frame.version == 2 and not frame.match      # what the policy writes for it
+
+
+def test_pool_decodes_both_versions_of_a_long_block(model, monkeypatch):
+    """Through the worker pool: a version-3 block's streams stay together
+    (shared match history), a version-2 block's are spread one by one."""
+    from llmfs.codec import llm
+    from llmfs.codec.workers import LLMPool
+
+    rng = random.Random(3)                               # several streams, few true repeats
+    block = bytes(rng.choice(b"abcdefghij klmnop") for _ in range(12000))
+    codec = LLMCodec(model)
+    v3 = codec.encode(block)
+    monkeypatch.setattr(llm.Confidence, "prob", lambda self, length, f: TOTAL - 4096)
+    v2 = codec.encode(block)
+    assert v3.match and not v2.match and len(split_segments(v2.payload, v2.n_tokens)) > 2
+    pool = LLMPool(model, 2)
+    try:
+        got = pool.decode_many([v3, v2, v2._replace(payload=v2.payload[:-4])])
+    finally:
+        pool.close()
+    assert [model.tokenizer.decode(t) for t in got[:2]] == [block, block]
+    assert got[2] is None                                # damaged: rejected, the others decode

@@ -135,7 +135,7 @@ class LLMCodec:
             for m, coder in coders.items():
                 streams[m].append((coder.get_compressed().tobytes(), len(part)))
         payloads = {m: join_segments(s) for m, s in streams.items()}
-        match = len(payloads[True]) <= len(payloads[False])
+        match = len(payloads[True]) < len(payloads[False])   # a tie: independent streams
         return Coded(payloads[match], len(ids), match)
 
     def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Coded | None]:
@@ -145,18 +145,18 @@ class LLMCodec:
     def decode_many(self, items: list[Coded]) -> list[list[int] | None]:
         """Decode payloads in one batch; returns token ids per item, or None
         for a payload the coder rejects (the others go on)."""
+        splits = [split_segments(item.payload, item.n_tokens) for item in items]
         streams: list[Stream] = []
-        groups: list[range] = []          # each item's streams; match groups where it matches
-        for item in items:
-            segs = split_segments(item.payload, item.n_tokens)
+        groups: list[range] = []          # each item's streams
+        for segs in splits:
             groups.append(range(len(streams), len(streams) + len(segs or ())))
             streams += segs or ()
         toks = self._decode_streams(streams, [g for g, it in zip(groups, items) if it.match])
         out: list[list[int] | None] = []
-        for item, g in zip(items, groups):
+        for segs, g in zip(splits, groups):
             parts = [toks[k] for k in g]
-            out.append(None if split_segments(item.payload, item.n_tokens) is None
-                       or any(p is None for p in parts) else [t for p in parts for t in p])
+            out.append(None if segs is None or any(p is None for p in parts)
+                       else [t for p in parts for t in p])
         return out
 
     def _decode_streams(self, items: list[Stream], groups: list[range]) -> list[list[int] | None]:
@@ -185,11 +185,14 @@ class LLMCodec:
                 for k, p in zip(g, m.predictions()):
                     if p is not None:
                         guess[k] = p
-            rows = [row for row, i in enumerate(active) if i in guess]
-            preds = [guess[active[row]][0] for row in rows]
-            mix(freqs, rows, preds,
-                [conf[active[row]].prob(guess[active[row]][1], int(freqs[row, guess[active[row]][0]]))
-                 for row in rows])
+            rows, preds, probs = [], [], []
+            for row, i in enumerate(active):
+                if i in guess:
+                    pred, length = guess[i]
+                    rows.append(row)
+                    preds.append(pred)
+                    probs.append(conf[i].prob(length, int(freqs[row, pred])))
+            mix(freqs, rows, preds, probs)
             freqs = freqs.astype(np.float64)
             nxt, keep = [], []
             for row, i in enumerate(active):

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
-from .segments import Coded
+from .segments import Coded, join_segments, split_segments
 
 if TYPE_CHECKING:
     from .llm import LLMCodec
@@ -55,9 +55,31 @@ class LLMPool:
         return list(self._ex.map(_encode, jobs))
 
     def decode_many(self, items: list[Coded]) -> list[list[int] | None]:
-        """Items are spread over the workers whole, largest first to the least
-        loaded: the streams of one block decode in lockstep (they share a
-        match model), so a single block decodes on one core."""
+        """Items are spread over the workers, largest first to the least
+        loaded.  The streams of a block coded with the match model decode in
+        lockstep in one process (they share its history); those of a block
+        coded with the model alone are independent and go out one by one, so
+        even a single such block decodes on every core."""
+        pieces: list[Coded] = []
+        owner: list[int] = []
+        for i, item in enumerate(items):
+            streams = None if item.match else split_segments(item.payload, item.n_tokens)
+            if streams and len(streams) > 1:
+                pieces += [Coded(join_segments([(p, n)]), n, False) for p, n in streams]
+                owner += [i] * len(streams)
+            else:
+                pieces.append(item)
+                owner.append(i)
+        out: list[list[int] | None] = [[] for _ in items]
+        for i, toks in zip(owner, self._spread(pieces)):
+            if out[i] is None or toks is None:
+                out[i] = None
+            else:
+                out[i].extend(toks)
+        return out
+
+    def _spread(self, items: list[Coded]) -> list[list[int] | None]:
+        """Decode *items* whole, largest first to the least loaded worker."""
         load = [0] * self.workers
         groups: list[list[int]] = [[] for _ in range(self.workers)]
         for i in sorted(range(len(items)), key=lambda i: -items[i].n_tokens):
