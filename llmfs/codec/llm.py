@@ -159,12 +159,12 @@ class LLMCodec:
                        else [t for p in parts for t in p])
         return out
 
-    def _decode_streams(self, items: list[Stream], groups: list[range]) -> list[list[int] | None]:
+    def _decode_streams(self, streams: list[Stream], groups: list[range]) -> list[list[int] | None]:
         """Decode streams in one batch, token by token, all in lockstep; the
-        streams of each of *groups* share a match model."""
-        out: list[list[int] | None] = [[] for _ in items]
+        streams of each of *groups* (index ranges) share a match model."""
+        out: list[list[int] | None] = [[] for _ in streams]
         decoders = {}
-        for i, (payload, n) in enumerate(items):
+        for i, (payload, n) in enumerate(streams):
             if n == 0:
                 continue
             if len(payload) % 4:
@@ -207,7 +207,7 @@ class LLMCodec:
                 if i in member:
                     m, local = member[i]
                     m.append(local, sym)
-                if len(out[i]) < items[i][1]:
+                if len(out[i]) < streams[i][1]:
                     nxt.append(sym)
                     keep.append(row)
             if len(keep) < len(active):
