@@ -24,7 +24,7 @@ import torch
 from ..model.engine import FREQ_BITS, KVCache
 from ..model.modelfile import LanguageModel
 from .match import Confidence, MatchGroup, match_plan, mix
-from .segments import SEGMENT, Coded, Stream, join_segments, split_segments
+from .segments import SEGMENT, Coded, Stream, join_segments, regroup, split_segments
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
@@ -147,17 +147,15 @@ class LLMCodec:
         for a payload the coder rejects (the others go on)."""
         splits = [split_segments(item.payload, item.n_tokens) for item in items]
         streams: list[Stream] = []
-        groups: list[range] = []          # each item's streams
-        for segs in splits:
-            groups.append(range(len(streams), len(streams) + len(segs or ())))
+        owners: list[int] = []
+        groups: list[range] = []          # the streams of each item coded with the match model
+        for i, (item, segs) in enumerate(zip(items, splits)):
+            if item.match and segs:
+                groups.append(range(len(streams), len(streams) + len(segs)))
+            owners += [i] * len(segs or ())
             streams += segs or ()
-        toks = self._decode_streams(streams, [g for g, it in zip(groups, items) if it.match])
-        out: list[list[int] | None] = []
-        for segs, g in zip(splits, groups):
-            parts = [toks[k] for k in g]
-            out.append(None if segs is None or any(p is None for p in parts)
-                       else [t for p in parts for t in p])
-        return out
+        toks = regroup(owners, self._decode_streams(streams, groups), len(items))
+        return [None if segs is None else t for segs, t in zip(splits, toks)]
 
     def _decode_streams(self, streams: list[Stream], groups: list[range]) -> list[list[int] | None]:
         """Decode streams in one batch, token by token, all in lockstep; the

@@ -36,6 +36,20 @@ def join_segments(streams: list[Stream]) -> bytes:
             + b"".join(p for p, _ in streams))
 
 
+def regroup(owners: list[int], parts: list[list[int] | None],
+            count: int) -> list[list[int] | None]:
+    """Token ids of *count* items from the decoded *parts* they were cut into
+    (``owners[k]``: the item of part k, in order); an item is None if any of
+    its parts is."""
+    out: list[list[int] | None] = [[] for _ in range(count)]
+    for i, toks in zip(owners, parts):
+        if out[i] is None or toks is None:
+            out[i] = None
+        else:
+            out[i].extend(toks)
+    return out
+
+
 def split_segments(payload: bytes, n_tokens: int) -> list[Stream] | None:
     """The streams of an llm payload, or None when its table is inconsistent."""
     if len(payload) < _COUNT.size:

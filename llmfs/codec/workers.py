@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
-from .segments import Coded, join_segments, split_segments
+from .segments import Coded, join_segments, regroup, split_segments
 
 if TYPE_CHECKING:
     from .llm import LLMCodec
@@ -70,13 +70,7 @@ class LLMPool:
             else:
                 pieces.append(item)
                 owner.append(i)
-        out: list[list[int] | None] = [[] for _ in items]
-        for i, toks in zip(owner, self._spread(pieces)):
-            if out[i] is None or toks is None:
-                out[i] = None
-            else:
-                out[i].extend(toks)
-        return out
+        return regroup(owner, self._spread(pieces), len(items))
 
     def _spread(self, items: list[Coded]) -> list[list[int] | None]:
         """Decode *items* whole, largest first to the least loaded worker."""
