@@ -17,6 +17,7 @@ import torch
 
 from llmfs.bench import corpus_files, read_sample
 from llmfs.codec import llm
+from llmfs.codec.frame import MODEL_ALONE
 from llmfs.codec.llm import LLMCodec
 from llmfs.codec.segments import SEGMENT
 from llmfs.model.modelfile import LanguageModel
@@ -34,10 +35,10 @@ def main(paths: list[Path]) -> None:
     print("|---|" + "---:|" * len(lengths))
     for p in paths:
         block = read_sample(p, 65536)
-        base = codec.cost_bits(block, UNBOUNDED, match=False)
+        base = codec.cost_bits(block, UNBOUNDED, MODEL_ALONE)
         cells = []
         for n in lengths:
-            b = codec.cost_bits(block, n, match=False)
+            b = codec.cost_bits(block, n, MODEL_ALONE)
             cells.append(f"{b / len(block):.4f}" + ("" if n == UNBOUNDED
                                                       else f" (+{100 * (b / base - 1):.2f} %)"))
         print(f"| {p.name.removesuffix('.xz')} | " + " | ".join(cells) + " |", flush=True)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import PROSE, TEXT
-from llmfs.codec.frame import READS, Codec, Frame, FrameError, checksum
+from llmfs.codec.frame import NGRAMS, READS, Codec, Frame, FrameError, checksum
 from llmfs.codec.policy import BlockCodec
 
 
@@ -14,13 +14,12 @@ def test_pack_unpack(codec, payload, model, n, version):
     f = Frame(codec, 1000, checksum(payload), payload,
               model if codec == Codec.LLM else b"", n if codec == Codec.LLM else 0, version)
     assert Frame.unpack(f.pack()) == f
-    assert f.match == (version >= 3)
 
 
-def test_new_frames_use_the_match_model_and_unknown_versions_are_refused():
-    assert Frame(Codec.LLM, 1, bytes(16), b"", bytes(8), 1).match
+def test_new_frames_are_mixed_with_ngrams_and_unknown_versions_are_refused():
+    assert Frame(Codec.LLM, 1, bytes(16), b"", bytes(8), 1).version == NGRAMS == max(READS)
     future = Frame(Codec.ZSTD, 1, bytes(16), b"", version=max(READS) + 1).pack()
-    with pytest.raises(FrameError, match="unsupported frame version 4"):
+    with pytest.raises(FrameError, match="unsupported frame version 5"):
         Frame.unpack(future)
 
 

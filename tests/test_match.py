@@ -5,9 +5,23 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from conftest import PROSE
+from llmfs.codec.frame import MATCH, MODEL_ALONE, VERSION
 from llmfs.codec.llm import LLMCodec
-from llmfs.codec.match import TOTAL, Confidence, MatchGroup, match_plan, mix
+from llmfs.codec.match import TOTAL, Confidence, MatchGroup, mix
 from llmfs.codec.segments import Coded, split_segments
+
+
+def match_plan(streams: list[list[int]]) -> list[list[tuple[int, int] | None]]:
+    """Every stream's predictions at every position, driving a MatchGroup in
+    lockstep with known tokens as the codec does."""
+    group = MatchGroup(len(streams))
+    plan: list[list[tuple[int, int] | None]] = [[] for _ in streams]
+    for s in range(max(map(len, streams))):
+        for i, pred in enumerate(group.predictions()):
+            if s < len(streams[i]):
+                plan[i].append(pred)
+                group.append(i, streams[i][s])
+    return plan
 
 
 @settings(max_examples=300)
@@ -74,13 +88,6 @@ def test_streams_match_each_other_in_lockstep_only():
     assert [p[0] for p in plan[1][6:]] == later[6:]          # from the 2nd token of a on
     assert [p[0] for p in plan[1][2:6]] == [7] * 4           # its own run of 7s
     assert plan[2] == [None] * len(earlier)
-    group = MatchGroup(3)                                    # the decoder's side: same plan
-    for s in range(len(later)):
-        preds = group.predictions()
-        assert [p[s] if s < len(p) else None for p in plan] == preds
-        for i, seq in enumerate((a, later, earlier)):
-            if s < len(seq):
-                group.append(i, seq[s])
 
 
 def test_block_with_a_repeat_beyond_the_window_costs_far_less(model):
@@ -90,49 +97,62 @@ def test_block_with_a_repeat_beyond_the_window_costs_far_less(model):
     block = PROSE + PROSE[::-1] + PROSE        # the repeat starts > 256 tokens back
     ids = model.tokenizer.encode(block)
     assert len(model.tokenizer.encode(PROSE + PROSE[::-1])) > model.cfg.window
-    assert codec.cost_bits(block) < 0.85 * codec.cost_bits(block, match=False)
+    assert (codec.cost_bits(block, version=MATCH)
+            < 0.85 * codec.cost_bits(block, version=MODEL_ALONE))
     enc = codec.encode(block)
-    assert enc.match
+    assert enc.version == VERSION
     assert model.tokenizer.decode(codec.decode_many([enc])[0]) == block
-    # the same payload read as a version-2 (no match) payload does not give the block back
-    assert codec.decode_many([Coded(enc.payload, enc.n_tokens, match=False)])[0] != list(ids)
+    # the same payload read as a model-alone payload does not give the block back
+    assert codec.decode_many([Coded(enc.payload, enc.n_tokens, MODEL_ALONE)])[0] != list(ids)
+
+
+def spoil_mixing(monkeypatch) -> None:
+    """Make every mixed table flat (the model-alone coding then wins)."""
+    from llmfs.codec.mixer import Mixer
+
+    def flat(self, freqs, ids):
+        total = TOTAL - freqs.shape[1]
+        out = np.full_like(freqs, total // freqs.shape[1])
+        out[:, 0] += total - out.sum(1)
+        return out
+    monkeypatch.setattr(Mixer, "tables", flat)
+    monkeypatch.setattr(Mixer, "learn", lambda self, ids, syms: None)
 
 
 def test_encoder_keeps_the_model_alone_where_mixing_loses(model, monkeypatch):
-    """A confidence that trusts every match fully makes mixing lose on text
-    without repeats; the encoder then keeps the model-alone coding (and says so)."""
-    from llmfs.codec import llm
+    """Where the mixing loses (here: mixed tables made flat), the encoder keeps
+    the model-alone coding and says so."""
     from llmfs.codec.policy import BlockCodec
     from llmfs.codec.frame import Frame
 
     codec = LLMCodec(model)
     block = PROSE
     fair = codec.encode(block)
-    monkeypatch.setattr(llm.Confidence, "prob", lambda self, length, f: TOTAL - 4096)
+    spoil_mixing(monkeypatch)
     enc = codec.encode(block)
-    assert not enc.match and len(enc.payload) <= len(fair.payload) + 64
-    assert codec.cost_bits(block) > codec.cost_bits(block, match=False)
+    assert enc.version == MODEL_ALONE and len(enc.payload) <= len(fair.payload) + 64
+    assert codec.cost_bits(block) > codec.cost_bits(block, version=MODEL_ALONE)
     assert model.tokenizer.decode(codec.decode_many([enc])[0]) == block
     frame = Frame.unpack(BlockCodec(model).encode_blocks([block])[0])
-    assert frame.version == 2 and not frame.match      # what the policy writes for it
+    assert frame.version == MODEL_ALONE                  # what the policy writes for it
 
 
 def test_pool_decodes_both_versions_of_a_long_block(model, monkeypatch):
-    """Through the worker pool: a version-3 block's streams stay together
-    (shared match history), a version-2 block's are spread one by one."""
-    from llmfs.codec import llm
+    """Through the worker pool: a mixed block's streams stay together
+    (shared history), a model-alone block's are spread one by one."""
     from llmfs.codec.workers import LLMPool
 
     rng = random.Random(3)                               # several streams, few true repeats
     block = bytes(rng.choice(b"abcdefghij klmnop") for _ in range(12000))
     codec = LLMCodec(model)
-    v3 = codec.encode(block)
-    monkeypatch.setattr(llm.Confidence, "prob", lambda self, length, f: TOTAL - 4096)
-    v2 = codec.encode(block)
-    assert v3.match and not v2.match and len(split_segments(v2.payload, v2.n_tokens)) > 2
+    mixed = codec.encode(block)
+    spoil_mixing(monkeypatch)
+    alone = codec.encode(block)
+    assert mixed.version == VERSION and alone.version == MODEL_ALONE
+    assert len(split_segments(alone.payload, alone.n_tokens)) > 2
     pool = LLMPool(model, 2)
     try:
-        got = pool.decode_many([v3, v2, v2._replace(payload=v2.payload[:-4])])
+        got = pool.decode_many([mixed, alone, alone._replace(payload=alone.payload[:-4])])
     finally:
         pool.close()
     assert [model.tokenizer.decode(t) for t in got[:2]] == [block, block]

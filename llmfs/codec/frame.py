@@ -19,9 +19,11 @@ from enum import IntEnum
 import xxhash
 
 MAGIC = b"LB"
-VERSION = 3     # 2: llm payloads are segmented (codec/segments.py); 3: ... and match-mixed
-MODEL_ALONE = 2  # still written for llm payloads the encoder coded without the match model
-READS = (2, 3)
+# llm payloads by frame version: 2 segmented (codec/segments.py), coded with the model
+# alone; 3 mixed with the match model (codec/match.py); 4 and with n-gram caches (ngram.py)
+MODEL_ALONE, MATCH, NGRAMS = 2, 3, 4
+VERSION = NGRAMS  # MODEL_ALONE is still written for llm payloads the mixing did not shrink
+READS = (2, 3, 4)
 MAX_BLOCK = 1 << 26  # 64 MiB: larger raw lengths are treated as damage
 _FIXED = struct.Struct("<2sBBI16s")
 _LLM_EXT = struct.Struct("<8sI")
@@ -51,11 +53,6 @@ class Frame:
     model: bytes = b""   # llm only: short model id
     n_tokens: int = 0    # llm only
     version: int = VERSION
-
-    @property
-    def match(self) -> bool:
-        """Whether an llm payload was coded with the match model (codec/match.py)."""
-        return self.version >= 3
 
     def pack(self) -> bytes:
         head = _FIXED.pack(MAGIC, self.version, self.codec, self.raw_len, self.digest)

@@ -23,7 +23,8 @@ import torch
 
 from ..model.engine import FREQ_BITS, KVCache
 from ..model.modelfile import LanguageModel
-from .match import Confidence, MatchGroup, match_plan, mix
+from .frame import MODEL_ALONE, VERSION
+from .mixer import Mixer
 from .segments import SEGMENT, Coded, Stream, join_segments, regroup, split_segments
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
@@ -39,104 +40,73 @@ class LLMCodec:
         ids = model.tokenizer.encode(b"\n")
         self.bos = int(ids[0])  # fixed first context token: the model saw "\n" before documents
 
-    @staticmethod
-    def token_bits(freqs: torch.Tensor, syms: torch.Tensor) -> float:
-        """Ideal code length of *syms* under integer tables *freqs* (coder adds 1 each)."""
-        f = freqs.gather(-1, syms.to(freqs.device)[:, None]).squeeze(-1).double() + 1
-        return float((FREQ_BITS - torch.log2(f)).sum())
-
-    def _streams(self, ids: np.ndarray, segment: int):
-        """Yield each segment's token ids and its chunks' tables (``_tables``)."""
+    def _stats(self, ids: np.ndarray, segment: int, version: int,
+               abort_bpb: float = math.inf) -> tuple[list[Stats], list[Stats]] | None:
+        """Code the token ids *ids* as streams of *segment* tokens, in lockstep,
+        with the model alone and mixed as frame *version* says; returns each
+        stream's (cumulative, frequency) of its tokens both ways, or None when
+        the first chunk already costs more than *abort_bpb* bits per byte both
+        ways (the model cannot win)."""
         parts = [ids[s:s + segment] for s in range(0, len(ids), segment)]
-        for part, plan in zip(parts, match_plan([p.tolist() for p in parts])):
-            yield part, self._tables(part, plan)
-
-    def _tables(self, ids: np.ndarray, plan: list[tuple[int, int] | None]):
-        """Yield (start, end, model tables, tables mixed with the match
-        predictions *plan*) chunk by chunk for the token ids of one stream."""
-        syms = torch.from_numpy(ids)
-        inp = torch.cat([torch.tensor([self.bos]), syms[:-1]])[None]
+        if not parts:
+            return [], []
+        B, L = len(parts), len(parts[0])
+        inp = np.zeros((B, L), dtype=np.int64)          # each stream's inputs, padded
+        for i, part in enumerate(parts):
+            inp[i, 0] = self.bos
+            inp[i, 1:len(part)] = part[:-1]
+        inp = torch.from_numpy(inp)
+        chunk = min(self.chunk, max(16, 512 // B))      # 512 tables a step: cache-sized
+        mixer = Mixer(B, version, self.model.cfg.vocab)
         cache = KVCache()
-        conf = Confidence()
-        toks = ids.tolist()
-        for start in range(0, len(ids), self.chunk):
-            end = min(len(ids), start + self.chunk)
-            alone = self.engine.freqs(self.engine.step(inp[:, start:end], cache)[0]).cpu()
-            mixed = alone.clone()
-            table = mixed.numpy()
-            rows, preds, probs = [], [], []
-            for k in range(end - start):
-                if plan[start + k] is not None:
-                    pred, length = plan[start + k]
-                    rows.append(k)
-                    preds.append(pred)
-                    probs.append(conf.prob(length, int(table[k, pred])))
-                    conf.learn(toks[start + k] == pred)
-            mix(table, rows, preds, probs)
-            yield start, end, alone, mixed
+        stats: dict[bool, list[list[np.ndarray]]] = {m: [[] for _ in parts] for m in (False, True)}
+        for start in range(0, L, chunk):
+            end = min(L, start + chunk)
+            freqs = self.engine.freqs(self.engine.step(inp[:, start:end], cache)).cpu().numpy()
+            for s in range(start, end):
+                act = [i for i in range(B) if s < len(parts[i])]
+                syms = np.array([parts[i][s] for i in act])
+                alone = freqs[act, s - start]
+                for m, table in ((False, alone), (True, mixer.tables(alone.copy(), act))):
+                    row = symbol_stats(table, syms)
+                    for k, i in enumerate(act):
+                        stats[m][i].append(row[k])
+                mixer.learn(act, syms.tolist())
+            if start == 0 and math.isfinite(abort_bpb):
+                nbytes = sum(len(self.model.tokenizer.id_bytes[t]) for p in parts for t in p[:end])
+                if min(sum(ideal_bits(np.array(st[:end])) for st in stats[m])
+                       for m in stats) > abort_bpb * nbytes:
+                    return None
+        return ([np.array(st) for st in stats[False]], [np.array(st) for st in stats[True]])
 
-    @staticmethod
-    def _three_buckets(freqs: torch.Tensor, syms: torch.Tensor):
-        """The coder only needs (cumulative, frequency) of each coded symbol.
-
-        Encoding symbol s of table f (constriction gives each entry f_j + 1,
-        total exactly 2**24) is the same range-coder step as encoding the
-        middle bucket of (lo - 1, f_s, 2**24 - lo - f_s - 2) with
-        lo = sum_{j<s}(f_j + 1): same interval, same bits, but three entries
-        instead of the vocabulary.  The first and last symbol use the outer
-        buckets instead, so no bucket goes negative.  The decoder searches the
-        full table; every stored frame was decoded that way before it was kept.
-        """
-        syms = syms.to(freqs.device)
-        fs = freqs.gather(1, syms[:, None]).squeeze(1)
-        lo = (freqs.cumsum(1).gather(1, syms[:, None]).squeeze(1) - fs) + syms
-        total = 1 << FREQ_BITS
-        last = freqs.shape[1] - 1
-        first, final = syms == 0, syms == last
-        mid = torch.stack([lo - 1, fs, total - lo - fs - 2], 1)
-        # s == 0: (f_0, rest - 2, 0) coded as bucket 0; s == last: (0, lo - 2, f_s) as bucket 2
-        mid[first] = torch.stack([fs[first], total - fs[first] - 3, torch.zeros_like(fs[first])], 1)
-        mid[final] = torch.stack([torch.zeros_like(fs[final]), lo[final] - 2, fs[final]], 1)
-        which = torch.ones_like(syms)
-        which[first], which[final] = 0, 2
-        return (which.cpu().numpy().astype(np.int32), _FAMILY,
-                mid.cpu().numpy().astype(np.float64))
-
-    def cost_bits(self, block: bytes, segment: int = SEGMENT, match: bool = True) -> float:
-        """Ideal code length of *block* in bits (what ``encode`` stores, within
-        0.1%); ``match=False``: as version-2 frames coded it, with the model alone."""
+    def cost_bits(self, block: bytes, segment: int = SEGMENT, version: int = VERSION) -> float:
+        """Ideal code length of *block* in bits, coded as frame *version* codes
+        it (what ``encode`` stores, within 0.1%)."""
         ids = self.model.tokenizer.encode(block)
-        total = 0.0
-        for part, tables in self._streams(ids, segment):
-            syms = torch.from_numpy(part)
-            total += sum(self.token_bits(mixed if match else alone, syms[s:e])
-                         for s, e, alone, mixed in tables)
-        return total
+        alone, mixed = self._stats(ids, segment, version)
+        return sum(ideal_bits(st) for st in (alone if version == MODEL_ALONE else mixed))
 
     def encode(self, block: bytes, abort_bpb: float = math.inf) -> Coded | None:
-        """Range-code *block* twice, with the model alone and mixed with the
-        match model, and keep the smaller (a model that already knows the data
+        """Range-code *block* twice, with the model alone and mixed (frame
+        ``VERSION``), and keep the smaller (a model that already knows the data
         well can lose by the mixing); ``None`` when the first chunk already
-        costs more than *abort_bpb* bits per byte both ways (the model cannot win)."""
+        costs more than *abort_bpb* bits per byte both ways."""
         ids = self.model.tokenizer.encode(block)
-        tok_bytes = self.model.tokenizer.id_bytes
-        streams: dict[bool, list[Stream]] = {False: [], True: []}
-        for seg, (part, tables) in enumerate(self._streams(ids, SEGMENT)):
-            syms = torch.from_numpy(part)
-            coders = {m: constriction.stream.queue.RangeEncoder() for m in streams}
-            for start, end, alone, mixed in tables:
-                if seg == start == 0 and math.isfinite(abort_bpb):
-                    nbytes = sum(len(tok_bytes[i]) for i in part[:end])
-                    if min(self.token_bits(alone, syms[:end]),
-                           self.token_bits(mixed, syms[:end])) > abort_bpb * nbytes:
-                        return None
-                for m, freqs in ((False, alone), (True, mixed)):
-                    coders[m].encode(*self._three_buckets(freqs, syms[start:end]))
-            for m, coder in coders.items():
-                streams[m].append((coder.get_compressed().tobytes(), len(part)))
-        payloads = {m: join_segments(s) for m, s in streams.items()}
-        match = len(payloads[True]) < len(payloads[False])   # a tie: independent streams
-        return Coded(payloads[match], len(ids), match)
+        both = self._stats(ids, SEGMENT, VERSION, abort_bpb)
+        if both is None:
+            return None
+        vocab = self.model.cfg.vocab
+        payloads = {}
+        for version, stats in zip((MODEL_ALONE, VERSION), both):
+            streams: list[Stream] = []
+            for st in stats:
+                coder = constriction.stream.queue.RangeEncoder()
+                if len(st):
+                    coder.encode(*three_buckets(st, vocab))
+                streams.append((coder.get_compressed().tobytes(), len(st)))
+            payloads[version] = join_segments(streams)
+        version = VERSION if len(payloads[VERSION]) < len(payloads[MODEL_ALONE]) else MODEL_ALONE
+        return Coded(payloads[version], len(ids), version)   # a tie: independent streams
 
     def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Coded | None]:
         """``encode(block, abort_bpb)`` for each job (the pool's interface, in-process)."""
@@ -148,18 +118,19 @@ class LLMCodec:
         splits = [split_segments(item.payload, item.n_tokens) for item in items]
         streams: list[Stream] = []
         owners: list[int] = []
-        groups: list[range] = []          # the streams of each item coded with the match model
+        groups: list[tuple[range, int]] = []    # the streams of each item mixed, and how
         for i, (item, segs) in enumerate(zip(items, splits)):
-            if item.match and segs:
-                groups.append(range(len(streams), len(streams) + len(segs)))
+            if item.version != MODEL_ALONE and segs:
+                groups.append((range(len(streams), len(streams) + len(segs)), item.version))
             owners += [i] * len(segs or ())
             streams += segs or ()
         toks = regroup(owners, self._decode_streams(streams, groups), len(items))
         return [None if segs is None else t for segs, t in zip(splits, toks)]
 
-    def _decode_streams(self, streams: list[Stream], groups: list[range]) -> list[list[int] | None]:
+    def _decode_streams(self, streams: list[Stream],
+                        groups: list[tuple[range, int]]) -> list[list[int] | None]:
         """Decode streams in one batch, token by token, all in lockstep; the
-        streams of each of *groups* (index ranges) share a match model."""
+        streams of each of *groups* (index range, payload version) share a Mixer."""
         out: list[list[int] | None] = [[] for _ in streams]
         decoders = {}
         for i, (payload, n) in enumerate(streams):
@@ -170,47 +141,80 @@ class LLMCodec:
                 continue
             decoders[i] = constriction.stream.queue.RangeDecoder(
                 np.frombuffer(payload, dtype=np.uint32).copy())
-        matchers = [(MatchGroup(len(g)), g) for g in groups]
-        member = {k: (m, k - g.start) for m, g in matchers for k in g}
-        conf = {k: Confidence() for k in member}
+        vocab = self.model.cfg.vocab
+        mixers = [(Mixer(len(g), version, vocab), g) for g, version in groups]
         active = list(decoders)
         cache = KVCache()
         cur = torch.full((len(active), 1), self.bos, dtype=torch.int64)
         while active:
             freqs = self.engine.freqs(self.engine.step(cur, cache)[:, 0]).cpu().numpy()
-            guess: dict[int, tuple[int, int]] = {}
-            for m, g in matchers:
-                for k, p in zip(g, m.predictions()):
-                    if p is not None:
-                        guess[k] = p
-            rows, preds, probs = [], [], []
-            for row, i in enumerate(active):
-                if i in guess:
-                    pred, length = guess[i]
-                    rows.append(row)
-                    preds.append(pred)
-                    probs.append(conf[i].prob(length, int(freqs[row, pred])))
-            mix(freqs, rows, preds, probs)
-            freqs = freqs.astype(np.float64)
-            nxt, keep = [], []
+            where = {i: row for row, i in enumerate(active)}
+            steps = []                       # (mixer, its group's start, rows, ids)
+            for mixer, g in mixers:
+                rows = [where[k] for k in g if k in where]
+                if rows:
+                    ids = [active[r] - g.start for r in rows]
+                    freqs[rows] = mixer.tables(freqs[rows], ids)
+                    steps.append((mixer, g.start, rows, ids))
+            table = freqs.astype(np.float64)
+            syms, nxt, keep = [], [], []
             for row, i in enumerate(active):
                 try:
-                    sym = int(decoders[i].decode(_FAMILY, freqs[row:row + 1])[0])
+                    sym = int(decoders[i].decode(_FAMILY, table[row:row + 1])[0])
                 except (ValueError, RuntimeError, AssertionError):
-                    out[i] = None
-                    continue
-                out[i].append(sym)
-                if i in guess:
-                    conf[i].learn(sym == guess[i][0])
-                if i in member:
-                    m, local = member[i]
-                    m.append(local, sym)
-                if len(out[i]) < streams[i][1]:
-                    nxt.append(sym)
-                    keep.append(row)
+                    out[i], sym = None, 0       # its item fails; its mixer learns a stand-in
+                syms.append(sym)
+                if out[i] is not None:
+                    out[i].append(sym)
+                    if len(out[i]) < streams[i][1]:
+                        nxt.append(sym)
+                        keep.append(row)
+            for mixer, _, rows, ids in steps:
+                mixer.learn(ids, [syms[r] for r in rows])
             if len(keep) < len(active):
                 active = [active[r] for r in keep]
                 if active:
                     cache.select(torch.tensor(keep))
             cur = torch.tensor(nxt, dtype=torch.int64)[:, None]
         return out
+
+
+Stats = np.ndarray   # [tokens, 3] int64: symbol, cumulative frequency before it, frequency
+
+
+def symbol_stats(tables: np.ndarray, syms: np.ndarray) -> Stats:
+    """What the coder needs of each row's symbol in integer tables [n, V]:
+    (symbol, sum of the entries before it, its entry), in the coder's units
+    (constriction gives each entry f + 1)."""
+    n, vocab = tables.shape
+    fs = tables[np.arange(n), syms]
+    lo = np.where(np.arange(vocab) < syms[:, None], tables, 0).sum(1) + syms
+    return np.stack([syms, lo, fs], 1)
+
+
+def ideal_bits(stats: Stats) -> float:
+    """Ideal code length of the coded symbols (the coder adds 1 to each entry)."""
+    return float((FREQ_BITS - np.log2(stats[:, 2] + 1.0)).sum()) if len(stats) else 0.0
+
+
+def three_buckets(stats: Stats, vocab: int) -> tuple[np.ndarray, object, np.ndarray]:
+    """Arguments for constriction's ``encode``: coding symbol s of a table f
+    (constriction gives each entry f_j + 1, total exactly 2**24) is the same
+    range-coder step as coding the middle bucket of (lo - 1, f_s, 2**24 - lo
+    - f_s - 2) with lo = sum_{j<s}(f_j + 1): same interval, same bits, but
+    three entries instead of the vocabulary.  The first and last symbol use
+    the outer buckets instead, so no bucket goes negative.  The decoder
+    searches the full table; every stored frame was decoded that way before
+    it was kept."""
+    syms, lo, fs = stats.T
+    total = 1 << FREQ_BITS
+    first, final = syms == 0, syms == vocab - 1
+    mid = np.stack([lo - 1, fs, total - lo - fs - 2], 1)
+    # s == 0: (f_0, rest - 2, 0) coded as bucket 0; s == last: (0, lo - 2, f_s) as bucket 2
+    zero = np.zeros(int(first.sum()), dtype=np.int64)
+    mid[first] = np.stack([fs[first], total - fs[first] - 3, zero], 1)
+    zero = np.zeros(int(final.sum()), dtype=np.int64)
+    mid[final] = np.stack([zero, lo[final] - 2, fs[final]], 1)
+    which = np.ones(len(syms), dtype=np.int32)
+    which[first], which[final] = 0, 2
+    return which, _FAMILY, mid.astype(np.float64)

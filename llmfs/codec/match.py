@@ -142,19 +142,6 @@ class Confidence:
         self.fine[self._ctx[1]][hit] += 1
 
 
-def match_plan(streams: list[list[int]]) -> list[list[tuple[int, int] | None]]:
-    """Every stream's predictions at every position, as the decoder will see
-    them (the encoder knows all tokens, so matching runs ahead of the model)."""
-    group = MatchGroup(len(streams))
-    plan: list[list[tuple[int, int] | None]] = [[] for _ in streams]
-    for s in range(max(map(len, streams), default=0)):
-        for i, pred in enumerate(group.predictions()):
-            if s < len(streams[i]):
-                plan[i].append(pred)
-                group.append(i, streams[i][s])
-    return plan
-
-
 def mix(freqs: np.ndarray, rows: list[int], syms: list[int], probs: list[int]) -> None:
     """Give token ``syms[r]`` probability ``probs[r]`` / TOTAL in table ``rows[r]``
     of *freqs* (int64, each row sums to S = TOTAL - V), in place.

@@ -19,7 +19,7 @@ import zstandard
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
-from .frame import MODEL_ALONE, VERSION, Codec, Frame, FrameError, checksum
+from .frame import VERSION, Codec, Frame, FrameError, checksum
 from .plain import unzstd
 from .segments import Coded
 from .workers import LLMPool
@@ -140,7 +140,7 @@ class BlockCodec:
                     self.counters["llm_aborted"] += 1
                 elif len(enc.payload) + 12 < len(best[i].payload):
                     cands[i] = Frame(Codec.LLM, len(blocks[i]), best[i].digest, enc.payload,
-                                     mid, enc.n_tokens, VERSION if enc.match else MODEL_ALONE)
+                                     mid, enc.n_tokens, enc.version)
                 else:
                     self.counters["llm_not_smaller"] += 1
         if not cands:
@@ -203,7 +203,7 @@ class BlockCodec:
             by_model.setdefault(f.model, []).append(i)
         for mid, idx in by_model.items():
             codec = self.llm[mid]
-            toks = codec.decode_many([Coded(frames[i].payload, frames[i].n_tokens, frames[i].match)
+            toks = codec.decode_many([Coded(frames[i].payload, frames[i].n_tokens, frames[i].version)
                                       for i in idx])
             for i, t in zip(idx, toks):
                 out[i] = None if t is None else codec.model.tokenizer.decode(t)

@@ -28,7 +28,7 @@ class Coded(NamedTuple):
     """An llm payload (or one segment of it) as the decoder needs it."""
     payload: bytes
     n_tokens: int
-    match: bool = True   # tables mixed with the match model (frames since version 3)
+    version: int         # frame version: what the model's tables were mixed with (frame.py)
 
 
 def join_segments(streams: list[Stream]) -> bytes:

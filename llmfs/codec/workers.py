@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..model import ModelFile
+from .frame import MODEL_ALONE
 from .segments import Coded, join_segments, regroup, split_segments
 
 if TYPE_CHECKING:
@@ -56,16 +57,17 @@ class LLMPool:
 
     def decode_many(self, items: list[Coded]) -> list[list[int] | None]:
         """Items are spread over the workers, largest first to the least
-        loaded.  The streams of a block coded with the match model decode in
+        loaded.  The streams of a block mixed with its own history decode in
         lockstep in one process (they share its history); those of a block
         coded with the model alone are independent and go out one by one, so
         even a single such block decodes on every core."""
         pieces: list[Coded] = []
         owner: list[int] = []
         for i, item in enumerate(items):
-            streams = None if item.match else split_segments(item.payload, item.n_tokens)
+            streams = (split_segments(item.payload, item.n_tokens)
+                       if item.version == MODEL_ALONE else None)
             if streams and len(streams) > 1:
-                pieces += [Coded(join_segments([(p, n)]), n, False) for p, n in streams]
+                pieces += [Coded(join_segments([(p, n)]), n, MODEL_ALONE) for p, n in streams]
                 owner += [i] * len(streams)
             else:
                 pieces.append(item)
