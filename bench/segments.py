@@ -3,7 +3,7 @@
 For the first 64 KiB block of each file (default: dickens, enwik6, xml of
 ../shared/corpus): bits per byte of the model alone at several segment
 lengths (each segment is a stream starting from a fresh model context; with
-the match model, which looks across segments, see bench/match.py), and the
+the match model, which looks across segments, see bench/mixing.py), and the
 time one block takes to decode on one thread, unsegmented vs the codec's
 segment length.
 """

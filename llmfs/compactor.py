@@ -9,7 +9,9 @@ beats the fast level of fresh writes and is swapped in; such blocks are
 marked so they are not tried again until the encoding models change.
 Blocks are content-addressed, so "still stored under this key" means
 "unchanged": a concurrent overwrite makes a new key and never loses to a
-stale frame.
+stale frame.  ``llmfs compact --upgrade`` also re-codes llm blocks written
+in an older frame format (decoding each first), when a newer format mixes
+the model with more of the block's own history.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .codec.frame import Codec
+from .codec.frame import VERSION, Codec, Frame, FrameError
 from .codec.plain import decode_plain, frame_codec
 from .codec.policy import BlockCodec, encoder_tag
 from .config import Config
@@ -32,22 +34,33 @@ from .store.schema import ref_tried, unpack_ref
 log = logging.getLogger(__name__)
 
 
+def outdated_llm(frame: bytes) -> bool:
+    """Whether *frame* is an llm frame of an older format than encoders write."""
+    f = Frame.unpack(frame)
+    return f.codec == Codec.LLM and f.version < VERSION
+
+
 def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
-               lock: threading.RLock | None = None) -> Counter[str]:
+               lock: threading.RLock | None = None, upgrade: bool = False) -> Counter[str]:
     """Try to store blocks *keys* as llm frames; returns counts of what happened.
-    *lock* is held around the swap transaction (the daemon's state mutex)."""
+    *lock* is held around the swap transaction (the daemon's state mutex).
+    llm blocks are skipped, except with *upgrade* those of an older format,
+    which are decoded and coded again."""
     stats: Counter[str] = Counter()
     frames = store.read(lambda t: {k: t.frame(k) for k in keys})
-    raws: dict[bytes, bytes] = {}
+    raws: dict[bytes, bytes | FrameError] = {}
+    old_llm: list[bytes] = []
     for k, f in frames.items():
-        if f is None or frame_codec(f) == Codec.LLM:
+        if f is None or (frame_codec(f) == Codec.LLM and not (upgrade and outdated_llm(f))):
             stats["skipped"] += 1
-            continue
-        raw = decode_plain(f)
-        if isinstance(raw, bytes):
-            raws[k] = raw
+        elif frame_codec(f) == Codec.LLM:
+            old_llm.append(k)
         else:
-            stats["unreadable"] += 1
+            raws[k] = decode_plain(f)
+    raws.update(zip(old_llm, codec.decode_each([frames[k] for k in old_llm])))
+    for k in [k for k, raw in raws.items() if not isinstance(raw, bytes)]:
+        del raws[k]
+        stats["unreadable"] += 1
     order = list(raws)
     new = dict(zip(order, codec.encode_blocks([raws[k] for k in order])))
 
@@ -59,7 +72,9 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
             elif len(new[k]) < len(old):
                 t.replace_frame(k, new[k])
                 stats["saved_bytes"] += len(old) - len(new[k])
-                if frame_codec(new[k]) == Codec.LLM:
+                if frame_codec(old) == Codec.LLM:
+                    stats["upgraded"] += 1
+                elif frame_codec(new[k]) == Codec.LLM:
                     stats["llm"] += 1
                 else:      # the model lost, but zstd -19 beat the fast write-time level
                     stats["zstd"] += 1

@@ -116,3 +116,41 @@ def test_compact_does_not_retry_blocks_the_models_cannot_shrink(tmp_path):
     assert s.read(lambda t: cold_blocks(t, b"", 10, 1 << 62, tag))[0] == []
     assert len(s.read(lambda t: cold_blocks(t, b"", 10, 1 << 62, b"other model"))[0]) == 2
     s.close()
+
+
+def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, monkeypatch):
+    """llm blocks an llmfs before frame version 4 wrote (match model only) are
+    left alone by compact, and coded again, smaller, by compact --upgrade;
+    the data reads back and a second --upgrade has nothing to do."""
+    from llmfs.codec import llm
+    from llmfs.codec.frame import MATCH, NGRAMS
+    from llmfs.codec.policy import BlockCodec
+
+    store, src = tmp_path / "s", tmp_path / "src"
+    src.mkdir()
+    (src / "gpl").write_bytes(SAMPLE[:32768])
+    assert llmfs("mkfs", str(store), "--block-size", "16384").returncode == 0
+    assert llmfs("import", str(src), str(store)).returncode == 0
+    s = Store(store)
+    keys = s.read(lambda t: [k for k, _ in t.scan("blocks")])
+    raws = BlockCodec(model).decode_blocks(s.read(lambda t: [t.frame(k) for k in keys]))
+    with monkeypatch.context() as patch:
+        patch.setattr(llm, "VERSION", MATCH)
+        old = BlockCodec(model).encode_blocks(raws)
+    assert [(Frame.unpack(f).codec, Frame.unpack(f).version) for f in old] == [(Codec.LLM, MATCH)] * 2
+    s.write(lambda t: [t.replace_frame(k, f) for k, f in zip(keys, old)])
+    s.close()
+
+    plain = llmfs("compact", str(store))
+    assert plain.returncode == 0 and "tried 0 zstd blocks" in plain.stdout, plain.stdout
+    up = llmfs("compact", str(store), "--upgrade", "--workers", "1")
+    assert "tried 2 zstd and older llm blocks" in up.stdout, up.stdout + up.stderr
+    assert "2 llm re-coded smaller" in up.stdout, up.stdout
+    s = Store(store, readonly=True)
+    new = s.read(lambda t: [t.frame(k) for k in keys])
+    s.close()
+    assert [Frame.unpack(f).version for f in new] == [NGRAMS] * 2
+    assert sum(map(len, new)) < sum(map(len, old))
+    assert BlockCodec(model).decode_blocks(new) == raws
+    again = llmfs("compact", str(store), "--upgrade")
+    assert "tried 0 zstd and older llm blocks" in again.stdout, again.stdout

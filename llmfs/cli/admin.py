@@ -53,9 +53,12 @@ def _human(n: float) -> str:
               help="Blocks encoded per transaction (default: compact_batch of the config).")
 @click.option("--retry", is_flag=True,
               help="Also try blocks these models already failed to shrink.")
+@click.option("--upgrade", is_flag=True,
+              help="Also re-code llm blocks written in an older frame format (each is "
+                   "decoded first, so this takes about three times as long per block).")
 @config_opt
 def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
-            batch: int | None, retry: bool, config_path: str | None) -> None:
+            batch: int | None, retry: bool, upgrade: bool, config_path: str | None) -> None:
     """Re-encode a store's zstd blocks with the model, offline (the store must
     not be mounted).  Each block is swapped only when the llm frame is smaller
     and decoded back to the same bytes."""
@@ -64,7 +67,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     from ..codec.frame import Codec
     from ..codec.plain import frame_codec
     from ..codec.policy import BlockCodec
-    from ..compactor import recompress
+    from ..compactor import outdated_llm, recompress
     from ..store.schema import ref_tried
 
     batch = batch or _config(config_path).compact_batch
@@ -86,7 +89,8 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         t0 = time.monotonic()
         with BlockCodec.from_model_files(files, workers, encoders) as codec:
             keys = s.read(lambda t: [k for k, f in t.scan("blocks")
-                                     if frame_codec(f) == Codec.ZSTD])
+                                     if frame_codec(f) == Codec.ZSTD
+                                     or (upgrade and outdated_llm(f))])
             tag = codec.encoder_tag
             tried = set() if retry else s.read(
                 lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})
@@ -97,13 +101,15 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                       disable=not os.isatty(2)) as bar:
                 for i in range(0, len(keys), batch):
                     part = keys[i:i + batch]
-                    for k, v in recompress(s, codec, part).items():
+                    for k, v in recompress(s, codec, part, upgrade=upgrade).items():
                         totals[k] = totals.get(k, 0) + v
                     bar.update(len(part))
         dt = time.monotonic() - t0
-    click.echo(f"{store}: tried {len(keys)} zstd blocks in {dt:.0f} s; "
+    click.echo(f"{store}: tried {len(keys)} {'zstd and older llm' if upgrade else 'zstd'} "
+               f"blocks in {dt:.0f} s; "
                f"{totals.get('llm', 0)} now llm, {totals.get('zstd', 0)} now zstd -19, "
-               f"{totals.get('kept', 0)} kept as they were; "
+               + (f"{totals.get('upgraded', 0)} llm re-coded smaller, " if upgrade else "")
+               + f"{totals.get('kept', 0)} kept as they were; "
                f"saved {_human(totals.get('saved_bytes', 0))}"
                + (f"; {skipped} skipped (already tried with these models; --retry)"
                   if skipped else "")
