@@ -9,6 +9,7 @@ from conftest import PROSE
 from llmfs.codec.frame import MATCH, NGRAMS
 from llmfs.codec.llm import LLMCodec
 from llmfs.codec.ngram import DENSE, FLOOR, ONE, NGramGroup
+from llmfs.codec.segments import split_segments
 from llmfs.model.engine import FREQ_BITS
 
 TOTAL = 1 << FREQ_BITS
@@ -114,3 +115,18 @@ def test_real_inference_gains_on_a_block_of_its_own_words(model):
     enc = codec.encode(block)
     assert enc.version == NGRAMS
     assert model.tokenizer.decode(codec.decode_many([enc])[0]) == block
+
+
+def test_encoder_gives_up_only_when_the_first_window_is_worse(model):
+    """``abort_bpb``: a multi-stream block whose payload beats the bound by a
+    little is coded (the test waits until every stream is a window in, since
+    each stream's cold start costs more), and one far above it is not."""
+    from pathlib import Path
+
+    codec = LLMCodec(model)
+    block = (Path(__file__).parent.parent / "llmfs" / "samples" / "GPL-3.txt").read_bytes()
+    full = codec.encode(block)
+    assert len(split_segments(full.payload, full.n_tokens)) >= 4
+    bpb = 8 * len(full.payload) / len(block)
+    assert codec.encode(block, abort_bpb=1.1 * bpb) == full
+    assert codec.encode(block, abort_bpb=0.5 * bpb) is None

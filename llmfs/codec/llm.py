@@ -44,9 +44,9 @@ class LLMCodec:
                abort_bpb: float = math.inf) -> tuple[list[Stats], list[Stats]] | None:
         """Code the token ids *ids* as streams of *segment* tokens, in lockstep,
         with the model alone and mixed as frame *version* says; returns each
-        stream's (cumulative, frequency) of its tokens both ways, or None when
-        the first chunk already costs more than *abort_bpb* bits per byte both
-        ways (the model cannot win)."""
+        stream's (symbol, cumulative, frequency) of its tokens both ways, or
+        None when their first window already costs more than *abort_bpb* bits
+        per byte both ways (the model cannot win)."""
         parts = [ids[s:s + segment] for s in range(0, len(ids), segment)]
         if not parts:
             return [], []
@@ -72,7 +72,9 @@ class LLMCodec:
                     for k, i in enumerate(act):
                         stats[m][i].append(row[k])
                 mixer.learn(act, syms.tolist())
-            if start == 0 and math.isfinite(abort_bpb):
+            # the abort test: once every stream is a window in (each cold start costs more,
+            # so fewer tokens per stream would give up on blocks the model wins)
+            if start < min(L, self.chunk) <= end and math.isfinite(abort_bpb):
                 nbytes = sum(len(self.model.tokenizer.id_bytes[t]) for p in parts for t in p[:end])
                 if min(sum(ideal_bits(np.array(st[:end])) for st in stats[m])
                        for m in stats) > abort_bpb * nbytes:
@@ -89,8 +91,8 @@ class LLMCodec:
     def encode(self, block: bytes, abort_bpb: float = math.inf) -> Coded | None:
         """Range-code *block* twice, with the model alone and mixed (frame
         ``VERSION``), and keep the smaller (a model that already knows the data
-        well can lose by the mixing); ``None`` when the first chunk already
-        costs more than *abort_bpb* bits per byte both ways."""
+        well can lose by the mixing); ``None`` when the streams' first window
+        already costs more than *abort_bpb* bits per byte both ways."""
         ids = self.model.tokenizer.encode(block)
         both = self._stats(ids, SEGMENT, VERSION, abort_bpb)
         if both is None:
