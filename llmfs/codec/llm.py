@@ -1,17 +1,17 @@
 """The LLM codec: exact model frequencies + range coding (constriction).
 
-Encoding evaluates each block in chunks of the model window (parallel over
-the chunk); decoding is token by token with a KV cache, batched across
-blocks.  Both see the same integer frequency tables (``model/engine.py``).
+A block's tokens are coded in segments (``segments.py``), independent
+range-coder streams, so one block decodes as a batch of streams.  Encoding
+runs a block's streams through the engine as one batch, in chunks (parallel
+over each chunk); decoding is token by token with a KV cache, batched across
+streams and blocks.  Both see the same integer frequency tables
+(``model/engine.py``).  Streams longer than the window use a sliding window:
+every token is predicted from the previous ``window`` tokens (ALiBi needs no
+position re-encoding, so old keys are simply evicted).
 
-Blocks longer than the window use a sliding window: every token is
-predicted from the previous ``window`` tokens (ALiBi needs no position
-re-encoding, so old keys are simply evicted).
-
-A block's tokens are coded in independent segments (``segments.py``), so
-one block decodes as a batch of streams.  Within a stream the model's tables
-are mixed with a match model (``match.py``) for repeats beyond the window;
-payloads written before it (frame version 2) decode without.
+Both then step a block's streams in lockstep through one ``Mixer``
+(``mixer.py``), which mixes the model's tables with what the block has shown
+so far (match model, n-gram caches), as the payload's frame version says.
 """
 from __future__ import annotations
 

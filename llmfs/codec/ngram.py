@@ -2,22 +2,25 @@
 
 The default model is small and was trained on technical text: on a novel,
 a wiki dump or XML it keeps paying for the same names, words and phrases
-all through a block.  Three adaptive caches learn them as the block goes:
-how often each token followed the previous two tokens (trigram), the
-previous token (bigram), or came at all (unigram), counted over the tokens
-of the block decoded so far.  A block's streams (``segments.py``) advance in
-lockstep, so at step ``s`` the counts hold the first ``s`` tokens of every
-stream of the block, as in ``match.py``.
+all through a block.  Adaptive caches learn them as the block goes: how
+often each token came at all (unigram), and which tokens followed each
+context of the last 1, 2 and 4 tokens (``CONTEXTS``: bigram, trigram,
+5-gram), counted over the tokens of the block coded so far.  A block's
+streams (``segments.py``) advance in lockstep, so at step ``s`` the counts
+hold the first ``s`` tokens of every stream of the block, as in ``match.py``.
 
-The coded table is the linear mixture ``w0 * model + w1 * uni + w2 * bi +
-w3 * tri`` (a cache with no counts for the context gives its weight to the
-model).  Each stream learns its weights as it goes, moving them a step
-towards each component's share of the probability the coded token got
-(online EM; ``RATE``), so a model that already knows the data keeps nearly
-all the weight, and one that does not hands it to the caches.
+The coded table is the linear mixture ``w0 * model + w1 * unigram + w2 *
+bigram + ...`` of the model's table and each cache's relative counts (a cache
+with no counts for the current context gives its weight to the model).  Each
+stream learns its weights as it goes, moving them a step towards each
+component's share of the probability the coded token got (online EM;
+``RATE``), so a model that already knows the data keeps nearly all the
+weight, and one that does not hands it to the caches.  Weights, contexts and
+rate were chosen on held-back training text (docs/ARCHITECTURE.md, "N-gram
+caches").
 
 Everything is integer arithmetic on the exact tables, so the encoder and the
-decoder compute the same tables (``Mixer`` in ``llm.py`` drives both).
+decoder compute the same tables (``mixer.Mixer`` drives both).
 """
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ def encoder_tag(short_ids: list[bytes]) -> bytes:
     """Names a list of encoding models and the frame format they write: the
     compactor marks blocks none of them shrank with it, and tries them again
     only when the list changes or a new format codes better (the match model
-    of version 3 made blocks the model alone had lost worth another try)."""
+    of version 3 and the n-gram caches of version 4 made blocks the model had
+    lost worth another try)."""
     return hashlib.blake2b(bytes([VERSION]) + b"".join(short_ids), digest_size=8).digest()
 
 
