@@ -34,10 +34,9 @@ from .store.schema import ref_tried, unpack_ref
 log = logging.getLogger(__name__)
 
 
-def outdated_llm(frame: bytes) -> bool:
-    """Whether *frame* is an llm frame of an older format than encoders write."""
-    f = Frame.unpack(frame)
-    return f.codec == Codec.LLM and f.version < VERSION
+def outdated_llm(head: Frame) -> bool:
+    """Whether a parsed frame is llm in an older format than encoders write."""
+    return head.codec == Codec.LLM and head.version < VERSION
 
 
 def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
@@ -51,9 +50,10 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
     raws: dict[bytes, bytes | FrameError] = {}
     old_llm: list[bytes] = []
     for k, f in frames.items():
-        if f is None or (frame_codec(f) == Codec.LLM and not (upgrade and outdated_llm(f))):
+        head = None if f is None else Frame.unpack(f)
+        if head is None or (head.codec == Codec.LLM and not (upgrade and outdated_llm(head))):
             stats["skipped"] += 1
-        elif frame_codec(f) == Codec.LLM:
+        elif head.codec == Codec.LLM:
             old_llm.append(k)
         else:
             raws[k] = decode_plain(f)

@@ -64,8 +64,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     and decoded back to the same bytes."""
     from tqdm import tqdm
 
-    from ..codec.frame import Codec
-    from ..codec.plain import frame_codec
+    from ..codec.frame import Codec, Frame
     from ..codec.policy import BlockCodec
     from ..compactor import outdated_llm, recompress
     from ..store.schema import ref_tried
@@ -88,9 +87,11 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         totals: dict[str, int] = {}
         t0 = time.monotonic()
         with BlockCodec.from_model_files(files, workers, encoders) as codec:
-            keys = s.read(lambda t: [k for k, f in t.scan("blocks")
-                                     if frame_codec(f) == Codec.ZSTD
-                                     or (upgrade and outdated_llm(f))])
+            def wanted(frame: bytes) -> bool:
+                head = Frame.unpack(frame)
+                return head.codec == Codec.ZSTD or (upgrade and outdated_llm(head))
+
+            keys = s.read(lambda t: [k for k, f in t.scan("blocks") if wanted(f)])
             tag = codec.encoder_tag
             tried = set() if retry else s.read(
                 lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})

@@ -59,7 +59,7 @@ class LLMCodec:
         chunk = min(self.chunk, max(16, 512 // B))      # 512 tables a step: cache-sized
         mixer = Mixer(B, version, self.model.cfg.vocab)
         cache = KVCache()
-        stats: dict[bool, list[list[np.ndarray]]] = {m: [[] for _ in parts] for m in (False, True)}
+        stats = {m: np.zeros((B, L, 3), dtype=np.int64) for m in (False, True)}
         for start in range(0, L, chunk):
             end = min(L, start + chunk)
             freqs = self.engine.freqs(self.engine.step(inp[:, start:end], cache)).cpu().numpy()
@@ -67,19 +67,18 @@ class LLMCodec:
                 act = [i for i in range(B) if s < len(parts[i])]
                 syms = np.array([parts[i][s] for i in act])
                 alone = freqs[act, s - start]
-                for m, table in ((False, alone), (True, mixer.tables(alone.copy(), act))):
-                    row = symbol_stats(table, syms)
-                    for k, i in enumerate(act):
-                        stats[m][i].append(row[k])
+                stats[False][act, s] = symbol_stats(alone, syms)
+                stats[True][act, s] = symbol_stats(mixer.tables(alone.copy(), act), syms)
                 mixer.learn(act, syms.tolist())
             # the abort test: once every stream is a window in (each cold start costs more,
             # so fewer tokens per stream would give up on blocks the model wins)
             if start < min(L, self.chunk) <= end and math.isfinite(abort_bpb):
                 nbytes = sum(len(self.model.tokenizer.id_bytes[t]) for p in parts for t in p[:end])
-                if min(sum(ideal_bits(np.array(st[:end])) for st in stats[m])
-                       for m in stats) > abort_bpb * nbytes:
+                if min(sum(ideal_bits(st[i, :min(end, len(p))]) for i, p in enumerate(parts))
+                       for st in stats.values()) > abort_bpb * nbytes:
                     return None
-        return ([np.array(st) for st in stats[False]], [np.array(st) for st in stats[True]])
+        return ([stats[False][i, :len(p)] for i, p in enumerate(parts)],
+                [stats[True][i, :len(p)] for i, p in enumerate(parts)])
 
     def cost_bits(self, block: bytes, segment: int = SEGMENT, version: int = VERSION) -> float:
         """Ideal code length of *block* in bits, coded as frame *version* codes
@@ -151,13 +150,13 @@ class LLMCodec:
         while active:
             freqs = self.engine.freqs(self.engine.step(cur, cache)[:, 0]).cpu().numpy()
             where = {i: row for row, i in enumerate(active)}
-            steps = []                       # (mixer, its group's start, rows, ids)
+            steps = []                       # (mixer, rows, ids in its group)
             for mixer, g in mixers:
                 rows = [where[k] for k in g if k in where]
                 if rows:
                     ids = [active[r] - g.start for r in rows]
                     freqs[rows] = mixer.tables(freqs[rows], ids)
-                    steps.append((mixer, g.start, rows, ids))
+                    steps.append((mixer, rows, ids))
             table = freqs.astype(np.float64)
             syms, nxt, keep = [], [], []
             for row, i in enumerate(active):
@@ -171,7 +170,7 @@ class LLMCodec:
                     if len(out[i]) < streams[i][1]:
                         nxt.append(sym)
                         keep.append(row)
-            for mixer, _, rows, ids in steps:
+            for mixer, rows, ids in steps:
                 mixer.learn(ids, [syms[r] for r in rows])
             if len(keep) < len(active):
                 active = [active[r] for r in keep]

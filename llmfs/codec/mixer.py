@@ -24,7 +24,7 @@ class Mixer:
         if version not in (MODEL_ALONE, MATCH, NGRAMS):
             raise ValueError(f"unknown llm payload version {version}")
         self.match = MatchGroup(n_streams) if version >= MATCH else None
-        self.conf = [Confidence() for _ in range(n_streams)]
+        self.conf = [Confidence() for _ in range(n_streams)] if self.match is not None else []
         self.ngram = NGramGroup(n_streams, vocab) if version >= NGRAMS else None
         self._guess: list[tuple[int, int] | None] = []
         self._matched = np.empty(0)
