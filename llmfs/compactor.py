@@ -9,9 +9,10 @@ beats the fast level of fresh writes and is swapped in; such blocks are
 marked so they are not tried again until the encoding models change.
 Blocks are content-addressed, so "still stored under this key" means
 "unchanged": a concurrent overwrite makes a new key and never loses to a
-stale frame.  ``llmfs compact --upgrade`` also re-codes llm blocks written
-in an older frame format (decoding each first), when a newer format mixes
-the model with more of the block's own history.
+stale frame.  Both also re-code llm blocks written in an older frame format
+(decoding each first; the daemon unless ``compact_upgrade = false``,
+``llmfs compact`` with ``--upgrade``), when a newer format mixes the model
+with more of the block's own history.
 """
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 def outdated_llm(head: Frame) -> bool:
     """Whether a parsed frame is llm in an older format than encoders write."""
     return head.codec == Codec.LLM and head.version < VERSION
+
+
+def wanted(head: Frame, upgrade: bool) -> bool:
+    """Whether compaction re-codes a block with this parsed frame: zstd, and
+    with *upgrade* llm of an older format."""
+    return head.codec == Codec.ZSTD or (upgrade and outdated_llm(head))
 
 
 def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
@@ -72,9 +79,12 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
             elif len(new[k]) < len(old):
                 t.replace_frame(k, new[k])
                 stats["saved_bytes"] += len(old) - len(new[k])
+                head = Frame.unpack(new[k])
+                if outdated_llm(head):   # the model alone won: upgrading would code it so again
+                    t.mark_tried(k, codec.encoder_tag)
                 if frame_codec(old) == Codec.LLM:
                     stats["upgraded"] += 1
-                elif frame_codec(new[k]) == Codec.LLM:
+                elif head.codec == Codec.LLM:
                     stats["llm"] += 1
                 else:      # the model lost, but zstd -19 beat the fast write-time level
                     stats["zstd"] += 1
@@ -88,11 +98,12 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
     return stats
 
 
-def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes
-                ) -> tuple[list[bytes], bytes]:
-    """Up to *limit* zstd blocks written before *older_than_ns* and not yet
-    tried by the encoding models *tag*, walking the block keys upward from
-    *after* (wrapping at the end), and where to go on from."""
+def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes,
+                upgrade: bool = False) -> tuple[list[bytes], bytes]:
+    """Up to *limit* zstd blocks (with *upgrade*, also llm blocks of an older
+    format) written before *older_than_ns* and not yet tried by the encoding
+    models *tag*, walking the block keys upward from *after* (wrapping at the
+    end), and where to go on from."""
     out: list[bytes] = []
     pos = after
     for key, ref in t.scan_from("refs", after):
@@ -101,7 +112,7 @@ def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes
             continue
         if unpack_ref(ref)[1] < older_than_ns and ref_tried(ref) != tag:
             frame = t.frame(key)
-            if frame is not None and frame_codec(frame) == Codec.ZSTD:
+            if frame is not None and wanted(Frame.unpack(frame), upgrade):
                 out.append(key)
                 if len(out) >= limit:
                     return out, pos
@@ -152,8 +163,9 @@ class Compactor:
             return False
         cutoff = time.time_ns() - int(self.config.compact_after_s * 1e9)
         cursor = bytes.fromhex(self.store.read(lambda t: t.meta("compact_cursor")) or "")
+        upgrade = self.config.compact_upgrade
         keys, nxt = self.store.read(
-            lambda t: cold_blocks(t, cursor, self.config.compact_batch, cutoff, self.tag))
+            lambda t: cold_blocks(t, cursor, self.config.compact_batch, cutoff, self.tag, upgrade))
         if nxt != cursor:
             with self.lock:
                 self.store.write(lambda t: t.set_meta("compact_cursor", nxt.hex()))
@@ -163,12 +175,13 @@ class Compactor:
             self._codec = BlockCodec.from_model_files(self.model_files,
                                                       self.config.compact_workers, self.encoders)
         t0 = time.monotonic()
-        counts = recompress(self.store, self._codec, keys, self.lock)
+        counts = recompress(self.store, self._codec, keys, self.lock, upgrade)
         spent = time.monotonic() - t0
         self.stats["compact_rounds"] += 1
         self.stats["compact_tried"] += len(keys)
         self.stats["compact_llm"] += counts["llm"]
         self.stats["compact_zstd"] += counts["zstd"]
+        self.stats["compact_upgraded"] += counts["upgraded"]
         self.stats["compact_saved_bytes"] += counts["saved_bytes"]
         self.stats["compact_ms"] += int(spent * 1000)
         self.stats["verify_failures"] = counts["verify_failures"]

@@ -33,6 +33,7 @@ class Config:
     compact_batch: int = 8            # blocks encoded per round (one transaction)
     compact_workers: int = 1          # model processes for encoding
     compact_cpu_share: float = 0.5    # fraction of wall time the compactor may encode
+    compact_upgrade: bool = True      # also re-code llm blocks of older frame formats
     metrics_file: str = ""            # Prometheus text file the daemon rewrites ("" = off)
     model: str = ""                   # mkfs only: model file a new store encodes with ("" = shipped)
 

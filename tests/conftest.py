@@ -16,6 +16,7 @@ import torch
 from llmfs.codec.policy import BlockCodec
 from llmfs.model.engine import KVCache
 from llmfs.model.modelfile import LanguageModel
+from llmfs.store import Store
 
 TEXT = (b"The quick brown fox jumps over the lazy dog. Storage admins keep cold "
         b"archives for years, and every byte must come back exactly as it was written.\n")
@@ -103,6 +104,26 @@ def mounted(tmp_path: Path):
     m.start()
     yield m
     m.stop()
+
+
+def recode_as_match_frames(store: Path, model: LanguageModel,
+                           monkeypatch: pytest.MonkeyPatch) -> tuple[list[bytes], list[bytes],
+                                                                     list[bytes]]:
+    """Re-code every block of the (unmounted) *store* as llm frames of version 3
+    (the match model only: what llmfs wrote before the n-gram caches); returns
+    the block keys, their raw bytes and the frames now stored."""
+    from llmfs.codec import llm
+    from llmfs.codec.frame import MATCH
+
+    s = Store(store)
+    keys = s.read(lambda t: [k for k, _ in t.scan("blocks")])
+    raws = BlockCodec(model).decode_blocks(s.read(lambda t: [t.frame(k) for k in keys]))
+    with monkeypatch.context() as patch:
+        patch.setattr(llm, "VERSION", MATCH)
+        old = BlockCodec(model).encode_blocks(raws)
+    s.write(lambda t: [t.replace_frame(k, f) for k, f in zip(keys, old)])
+    s.close()
+    return keys, raws, old
 
 
 def tables(engine, tokens: torch.Tensor, chunk: int) -> torch.Tensor:

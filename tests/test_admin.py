@@ -11,7 +11,7 @@ from pathlib import Path
 from llmfs.codec.frame import Codec, Frame
 from llmfs.store import Store
 
-from conftest import Mounted
+from conftest import Mounted, recode_as_match_frames
 
 SAMPLE = (Path(__file__).resolve().parent.parent / "llmfs" / "samples" / "GPL-3.txt").read_bytes()
 
@@ -122,7 +122,6 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     """llm blocks an llmfs before frame version 4 wrote (match model only) are
     left alone by compact, and coded again, smaller, by compact --upgrade;
     the data reads back and a second --upgrade has nothing to do."""
-    from llmfs.codec import llm
     from llmfs.codec.frame import MATCH, NGRAMS
     from llmfs.codec.policy import BlockCodec
 
@@ -131,15 +130,8 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     (src / "gpl").write_bytes(SAMPLE[:32768])
     assert llmfs("mkfs", str(store), "--block-size", "16384").returncode == 0
     assert llmfs("import", str(src), str(store)).returncode == 0
-    s = Store(store)
-    keys = s.read(lambda t: [k for k, _ in t.scan("blocks")])
-    raws = BlockCodec(model).decode_blocks(s.read(lambda t: [t.frame(k) for k in keys]))
-    with monkeypatch.context() as patch:
-        patch.setattr(llm, "VERSION", MATCH)
-        old = BlockCodec(model).encode_blocks(raws)
+    keys, raws, old = recode_as_match_frames(store, model, monkeypatch)
     assert [(Frame.unpack(f).codec, Frame.unpack(f).version) for f in old] == [(Codec.LLM, MATCH)] * 2
-    s.write(lambda t: [t.replace_frame(k, f) for k, f in zip(keys, old)])
-    s.close()
 
     plain = llmfs("compact", str(store))
     assert plain.returncode == 0 and "tried 0 zstd blocks" in plain.stdout, plain.stdout

@@ -64,9 +64,9 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     and decoded back to the same bytes."""
     from tqdm import tqdm
 
-    from ..codec.frame import Codec, Frame
+    from ..codec.frame import Frame
     from ..codec.policy import BlockCodec
-    from ..compactor import outdated_llm, recompress
+    from ..compactor import recompress, wanted
     from ..store.schema import ref_tried
 
     batch = batch or _config(config_path).compact_batch
@@ -87,11 +87,8 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         totals: dict[str, int] = {}
         t0 = time.monotonic()
         with BlockCodec.from_model_files(files, workers, encoders) as codec:
-            def wanted(frame: bytes) -> bool:
-                head = Frame.unpack(frame)
-                return head.codec == Codec.ZSTD or (upgrade and outdated_llm(head))
-
-            keys = s.read(lambda t: [k for k, f in t.scan("blocks") if wanted(f)])
+            keys = s.read(lambda t: [k for k, f in t.scan("blocks")
+                                     if wanted(Frame.unpack(f), upgrade)])
             tag = codec.encoder_tag
             tried = set() if retry else s.read(
                 lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})
