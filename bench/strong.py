@@ -11,35 +11,21 @@ speed on one thread.  About 25 minutes for the three default windows.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from llmfs.bench import corpus_files, read_sample
 from llmfs.codec.llm import LLMCodec
 from llmfs.model.export import int_bpb_windows
 from llmfs.model.modelfile import LanguageModel
 from llmfs.model.smollm2 import convert, find_gguf, read_gguf
+from llmfs.model.train import evaluate
 
 HELDOUT = Path("build/corpus2/heldout.txt")
 BLOCK = 65536
-
-
-@torch.no_grad()
-def float_bpb(window: int, ids: np.ndarray, n_bytes: int) -> float:
-    """Bits per byte of the float model on non-overlapping windows of *window* tokens."""
-    model, _ = read_gguf(find_gguf(), window=window)
-    n = (len(ids) - 1) // window
-    x = torch.from_numpy(ids[: n * window + 1].astype(np.int64))
-    nats = sum(F.cross_entropy(model(x[None, r * window:(r + 1) * window])[0].float(),
-                               x[r * window + 1:(r + 1) * window + 1], reduction="sum").item()
-               for r in range(n))
-    return nats / math.log(2) / (n_bytes * (n * window) / len(ids))
 
 
 def main() -> None:
@@ -64,8 +50,8 @@ def main() -> None:
             fid = ["-", "-"]
             if text:
                 ids = model.tokenizer.encode(text)
-                fb, ib = float_bpb(window, ids, len(text)), int_bpb_windows(model, ids, window,
-                                                                            len(text))
+                fb = evaluate(read_gguf(find_gguf(), window=window)[0], ids, window, len(text))
+                ib = int_bpb_windows(model, ids, window, len(text))
                 fid = [f"{fb:.4f}", f"{ib:.4f} ({100 * (ib / fb - 1):+.2f} %)"]
             codec, cells = LLMCodec(model), []
             for data in blocks.values():

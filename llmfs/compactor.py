@@ -58,7 +58,7 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
     old_llm: list[bytes] = []
     for k, f in frames.items():
         head = None if f is None else Frame.unpack(f)
-        if head is None or (head.codec == Codec.LLM and not (upgrade and outdated_llm(head))):
+        if head is None or (head.codec == Codec.LLM and not wanted(head, upgrade)):
             stats["skipped"] += 1
         elif head.codec == Codec.LLM:
             old_llm.append(k)
