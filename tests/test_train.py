@@ -135,3 +135,6 @@ def test_train_steps_draw_the_extra_share_from_extra_text():
     with pytest.raises(ValueError, match="too little text"):
         train_steps(Transformer(cfg), corpus, steps=1, batch=4, lr=1e-2, extra=extra[:5],
                     extra_share=0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        train_steps(Transformer(cfg), corpus, steps=1, batch=4, lr=1e-2, extra=extra,
+                    extra_share=1.5)

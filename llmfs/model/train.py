@@ -139,6 +139,8 @@ def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, 
                              {"params": other, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
     seq = model.cfg.window
+    if not 0.0 <= extra_share <= 1.0:
+        raise ValueError(f"extra share {extra_share}: not between 0 and 1")
     n_extra = round(batch * extra_share) if extra is not None else 0
     for stream in (ids, extra) if n_extra else (ids,):
         if len(stream) <= seq + 1:
