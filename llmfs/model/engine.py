@@ -10,9 +10,10 @@ probability.  Here every value is an integer:
 * activations are int8 (per-channel static scales fixed in the model file);
 * the residual stream is int64 fixed point (``FX`` fractional bits);
 * int8 x int8 matmuls run as integer matmuls (``torch._int_mm``, int32
-  sums) where a probe at load shows the CPU kernel exact -- oneDNN's kernels
+  sums) where probes at load show the CPU kernel exact -- oneDNN's kernels
   without VNNI saturate 16-bit partial sums, and the probe catches that --
-  and otherwise in float32, where every partial sum stays below 2**24
+  and faster than float32 (some exact kernels are 35-50x slower), and
+  otherwise in float32, where every partial sum stays below 2**24
   (inner dimension <= 1024, checked at load); wider sums run in float64,
   exact below 2**53; all of these are exact in any order, so both paths
   give the same integers;
@@ -27,6 +28,7 @@ give the same tables because each position sees exactly the same integers.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +78,35 @@ def int8_mm_exact() -> bool:
     except RuntimeError:       # no CPU kernel in this build
         return False
     return True
+
+
+@functools.cache
+def int8_mm_pays() -> bool:
+    """Whether the engine should run its int8 matmuls as ``torch._int_mm``:
+    exact here (``int8_mm_exact``) and faster than the float32 path.
+
+    Exact is not fast: on an AMD EPYC with AVX2 and no VNNI (2026-12-01),
+    ``_int_mm`` gave exact sums at 1.3-1.9 GOP/s against 47-66 GFLOP/s for
+    the float32 matmul on the same shapes, which made the codec ten times
+    slower than the float32 path.  Both paths give the same integers, so a
+    timing may choose between them."""
+    if not int8_mm_exact():
+        return False
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (64, 128), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (512, 128), dtype=torch.int8, generator=g)
+    a_f, w_f = a.to(torch.float32), w.to(torch.float32).T.contiguous()
+
+    def fastest(f) -> float:
+        f()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    return fastest(lambda: torch._int_mm(a, w.T)) < fastest(lambda: a_f @ w_f)
 
 
 def exact_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -171,11 +202,11 @@ class Engine:
     def __init__(self, cfg: Config, tensors: dict[str, torch.Tensor],
                  device: str | torch.device = "cpu", int8: bool | None = None) -> None:
         """*int8*: run int8 matmuls as integer matmuls (None: on CPU when the
-        probe finds them exact); the tables are the same either way."""
+        probes find them exact and faster); the tables are the same either way."""
         self.cfg = cfg
         self.device = torch.device(device)
         if int8 is None:
-            int8 = self.device.type == "cpu" and int8_mm_exact()
+            int8 = self.device.type == "cpu" and int8_mm_pays()
         self.int8 = int8
         self.act = torch.int8 if int8 else torch.float32   # dtype of int8-valued activations
         torch.set_float32_matmul_precision("highest")  # no bf16/TF32 shortcuts
