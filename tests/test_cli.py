@@ -119,14 +119,17 @@ def test_unknown_model(packed, run, tmp_path):
     assert r.exit_code == 1 and "unknown model id " + "ab" * 32 in r.output
 
 
-def test_container_of_a_retired_shipped_model_decodes(run, tmp_path):
+@pytest.mark.parametrize("retired", ["starter", "technical"])
+def test_container_of_a_retired_shipped_model_decodes(run, tmp_path, retired):
     """A default that was replaced stays shipped: what it wrote decodes without --model."""
-    from llmfs.model import DEFAULT_MODEL, SHIPPED
+    from llmfs.model import DEFAULT_MODEL, MODELS_DIR, SHIPPED
 
-    (retired, rid), = [(p, h) for p, h in SHIPPED.items() if p != DEFAULT_MODEL]
+    path = MODELS_DIR / retired / "model.safetensors"
+    rid = SHIPPED[path]
+    assert path != DEFAULT_MODEL and rid != SHIPPED[DEFAULT_MODEL]
     src = tmp_path / "t.txt"
     src.write_bytes(PROSE)
-    assert run("compress", str(src), "--model", str(retired)).exit_code == 0
+    assert run("compress", str(src), "--model", str(path)).exit_code == 0
     llmz = tmp_path / "t.txt.llmz"
     assert llmz.read_bytes()[9:41] == bytes.fromhex(rid)
     r = run("decompress", str(llmz), "-o", str(tmp_path / "back"))
@@ -146,7 +149,7 @@ def test_unsupported_version(packed, run, tmp_path):
 
 @pytest.mark.parametrize("source, packed, model, current", [
     ("text.txt", "default.llmz", None, False), ("code.go", "starter.llmz", "starter", False),
-    ("code.go", "match.llmz", None, False), ("code.go", "ngram.llmz", None, True)])
+    ("code.go", "match.llmz", None, False), ("code.go", "ngram.llmz", "technical", True)])
 def test_golden_files_of_an_earlier_engine(run, tmp_path, source, packed, model, current):
     """Files an earlier engine wrote (tests/data/README.md) decode; the *current*
     format's file is also what the same input still encodes to: no engine or

@@ -12,7 +12,9 @@ DEFAULT_MODEL = MODELS_DIR / "default" / "model.safetensors"
 # The default encodes; a retired default stays so that what it encoded (.llmz
 # files name their model by id) still decodes.  A damaged or swapped file is refused.
 SHIPPED = {
-    DEFAULT_MODEL: "4e9df863f41044a3bbac4c65d9039dfc8d03532c9048975dda933f089ac9755b",
+    DEFAULT_MODEL: "bb41ff377233cbfafcffff117ce6c5b3428998103ad662611854c97b58a1c813",
+    MODELS_DIR / "technical" / "model.safetensors":    # the default until 2026-12-01
+        "4e9df863f41044a3bbac4c65d9039dfc8d03532c9048975dda933f089ac9755b",
     MODELS_DIR / "starter" / "model.safetensors":      # the default until 2026-11-23
         "b823fd72a0bd2b5616630ec9034a848d64ec13d26f374e2c76f830df760d3af0",
 }

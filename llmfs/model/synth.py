@@ -1,8 +1,9 @@
 """Generated general English from the strong tier: training text the corpus lacks.
 
 The offline corpus (``corpus.py``) is technical: documentation, source code,
-a dictionary.  The default model learnt it well and codes narrative prose and
-encyclopedic text poorly (``llmfs/models/default/MODEL.md``).  No offline
+a dictionary.  A model trained on it alone (the technical model,
+``llmfs/models/technical/MODEL.md``) learnt it well and codes narrative prose
+and encyclopedic text poorly.  No offline
 source with a clear licence holds much general English, but the strong tier
 does: SmolLM2-135M-Instruct (Apache-2.0) was trained on web and textbook
 text.  Sampling it at temperature 1 draws text from its own distribution, so
