@@ -143,10 +143,13 @@ class Compactor:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop at once: a round under way is abandoned before its swap (one
+        transaction at its end), so nothing it did is half applied."""
         self._stop.set()
+        codec = self._codec
+        if codec is not None:
+            codec.close(abort=True)
         self._thread.join()
-        if self._codec is not None:
-            self._codec.close()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.compact_interval_s):
@@ -154,7 +157,12 @@ class Compactor:
                 while not self._stop.is_set() and self.round():
                     pass
             except Exception:   # a failed round must not end compaction for good
+                if self._stop.is_set():
+                    log.info("compactor round abandoned: stopping")
+                    return
                 log.exception("compactor round failed; trying again later")
+            finally:
+                self.stats["compact_busy"] = 0
 
     def round(self) -> bool:
         """One batch; False when there was nothing to do or it should pause."""
@@ -174,8 +182,13 @@ class Compactor:
         if self._codec is None:
             self._codec = BlockCodec.from_model_files(self.model_files,
                                                       self.config.compact_workers, self.encoders)
+            if self._stop.is_set():   # stop() may have looked before the codec existed
+                self._codec.close()
+                return False
         t0 = time.monotonic()
+        self.stats["compact_busy"] = 1
         counts = recompress(self.store, self._codec, keys, self.lock, upgrade)
+        self.stats["compact_busy"] = 0
         spent = time.monotonic() - t0
         self.stats["compact_rounds"] += 1
         self.stats["compact_tried"] += len(keys)
@@ -183,6 +196,7 @@ class Compactor:
         self.stats["compact_zstd"] += counts["zstd"]
         self.stats["compact_upgraded"] += counts["upgraded"]
         self.stats["compact_saved_bytes"] += counts["saved_bytes"]
+        self.stats["compact_gone"] += counts["gone"]   # overwritten or deleted meanwhile
         self.stats["compact_ms"] += int(spent * 1000)
         self.stats["verify_failures"] = counts["verify_failures"]
         share = self.config.compact_cpu_share

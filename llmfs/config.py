@@ -33,6 +33,7 @@ class Config:
     compact_batch: int = 8            # blocks encoded per round (one transaction)
     compact_workers: int = 1          # model processes for encoding
     compact_cpu_share: float = 0.5    # fraction of wall time the compactor may encode
+    compact_yield_s: float = 1.0      # no round starts within this long of a read or write
     compact_upgrade: bool = True      # also re-code llm blocks of older frame formats
     metrics_file: str = ""            # Prometheus text file the daemon rewrites ("" = off)
     model: str = ""                   # mkfs only: model file a new store encodes with ("" = shipped)
@@ -51,6 +52,7 @@ class Config:
             "compact_batch": 1 <= self.compact_batch <= 4096,
             "compact_workers": 1 <= self.compact_workers <= 64,
             "compact_cpu_share": 0 < self.compact_cpu_share <= 1,
+            "compact_yield_s": self.compact_yield_s >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -74,7 +74,8 @@ class Mounted:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 60) -> None:
-        if self.proc is None:
+        if self.proc is None:   # never started, or killed: clear a dead mount left behind
+            subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
             return
         if self.proc.poll() is None:
             subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
@@ -87,10 +88,10 @@ class Mounted:
         self.proc = None
 
     def kill(self) -> None:
-        """SIGKILL the daemon, as a crash would, and clear the dead mount."""
+        """SIGKILL the daemon, as a crash would.  Its dead mount stays behind,
+        as after a real crash: the next ``llmfs mount`` must clear it itself."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
-        subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
         self.proc = None
 
     def path(self, *parts: str) -> Path:

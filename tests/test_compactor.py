@@ -1,9 +1,12 @@
 """The compactor inside a running daemon: cold blocks become llm frames,
-reads stay exact, and writes racing the compactor are never lost."""
+reads stay exact, changes racing a round are never lost, an unmount stops a
+round at once, and a restart resumes without redoing blocks."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from llmfs.codec.plain import frame_codec
 from llmfs.codec.policy import BlockCodec
 from llmfs.compactor import cold_blocks
 from llmfs.store import Store
+from llmfs.store.schema import ref_tried
 
 from conftest import Mounted, recode_as_match_frames
 
@@ -30,7 +34,39 @@ def wait_for(cond, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
-def test_daemon_compacts_cold_blocks_and_keeps_racing_writes(tmp_path):
+def fsck_clean(store: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "llmfs.cli", "fsck", str(store)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "clean" in r.stdout, r.stdout + r.stderr
+
+
+def cold_store(tmp_path: Path, files: dict[str, bytes], options: str) -> Mounted:
+    """A store holding *files* as fresh zstd blocks (written with compaction
+    off, so every block waits for the first round), to be mounted with *options*."""
+    m = Mounted(tmp_path, options="compact=false")
+    m.mkfs("--block-size", "4096")
+    m.start()
+    try:
+        for name, data in files.items():
+            m.path(name).write_bytes(data)
+    finally:
+        m.stop()
+    m.options = options
+    return m
+
+
+def reads_back(m: Mounted, files: dict[str, bytes]) -> None:
+    """Mount *m* and check that it holds exactly *files*."""
+    m.start()
+    try:
+        assert sorted(os.listdir(m.mnt)) == sorted(files)
+        for name, data in files.items():
+            assert m.path(name).read_bytes() == data, name
+    finally:
+        m.stop()
+
+
+def test_daemon_compacts_cold_blocks(tmp_path):
     m = Mounted(tmp_path, options=FAST)
     m.mkfs("--block-size", "4096")
     m.start()
@@ -38,14 +74,6 @@ def test_daemon_compacts_cold_blocks_and_keeps_racing_writes(tmp_path):
         m.path("gpl").write_bytes(SAMPLE[:24_000])
         wait_for(lambda: live(m).get("compact_llm", 0) >= 4)
         assert m.path("gpl").read_bytes() == SAMPLE[:24_000]
-        # overwrite while the compactor works on the older versions
-        last = b""
-        for i in range(6):
-            last = SAMPLE[i * 1000:i * 1000 + 24_000]
-            m.path("racing").write_bytes(last)
-            time.sleep(0.3)
-        wait_for(lambda: live(m).get("compact_rounds", 0) >= 3)
-        assert m.path("racing").read_bytes() == last
     finally:
         m.stop()
     s = Store(m.store)
@@ -55,8 +83,73 @@ def test_daemon_compacts_cold_blocks_and_keeps_racing_writes(tmp_path):
     assert codecs.count(Codec.LLM) >= 4 and cursor is not None
     m.start()
     try:
-        assert m.path("racing").read_bytes() == last
         assert m.path("gpl").read_bytes() == SAMPLE[:24_000]
+    finally:
+        m.stop()
+
+
+def test_compactor_racing_unlink_truncate_and_overwrite_mid_round(tmp_path):
+    """compact_yield_s=0: the round runs while the files change under it; the
+    blocks it was encoding are gone by its swap, which must not bring them back."""
+    files = {n: SAMPLE[i * 8192:(i + 1) * 8192] for i, n in enumerate("abc")}
+    m = cold_store(tmp_path, files, FAST + ",compact_batch=8,compact_yield_s=0")
+    m.start()
+    try:
+        wait_for(lambda: live(m).get("compact_busy") == 1)
+        os.unlink(m.path("a"))
+        os.truncate(m.path("b"), 100)
+        m.path("c").write_bytes(b"new content " * 100)
+        assert live(m)["compact_busy"] == 1                # all of it inside the round
+        wait_for(lambda: live(m).get("compact_rounds", 0) >= 1)
+        assert live(m)["compact_gone"] == 6
+        assert sorted(os.listdir(m.mnt)) == ["b", "c"]
+        assert m.path("b").read_bytes() == files["b"][:100]
+        assert m.path("c").read_bytes() == b"new content " * 100
+    finally:
+        m.stop()
+    fsck_clean(m.store)
+    reads_back(m, {"b": files["b"][:100], "c": b"new content " * 100})
+
+
+def test_unmount_mid_round_abandons_it_and_loses_nothing(tmp_path):
+    files = {"big": SAMPLE[:32 * 4096]}
+    m = cold_store(tmp_path, files, FAST + ",compact_batch=32,compact_yield_s=0")
+    m.start()
+    try:
+        wait_for(lambda: live(m).get("compact_busy") == 1)
+    finally:
+        m.stop()
+    assert "compactor round abandoned" in m.log.read_text()
+    s = Store(m.store)
+    codecs = s.read(lambda t: [frame_codec(f) for _, f in t.scan("blocks")])
+    s.close()
+    assert codecs.count(Codec.LLM) == 0                     # the round's swap never ran
+    fsck_clean(m.store)
+    m.options = "compact=false"
+    reads_back(m, files)
+
+
+def test_compaction_resumes_after_restart_without_redoing_blocks(tmp_path):
+    files = {"f": SAMPLE[:8 * 4096]}
+    m = cold_store(tmp_path, files,
+                   FAST + ",compact_batch=2,compact_yield_s=0,compact_cpu_share=1")
+    m.start()
+    try:
+        wait_for(lambda: live(m).get("compact_rounds", 0) >= 1)
+    finally:
+        m.stop()
+    s = Store(m.store)
+    refs = dict(s.read(lambda t: list(t.scan("refs"))))
+    codecs = dict(s.read(lambda t: [(k, frame_codec(f)) for k, f in t.scan("blocks")]))
+    done = sum(1 for k, c in codecs.items() if c == Codec.LLM or ref_tried(refs[k]))
+    s.close()
+    assert 2 <= done < 8
+    m.start()
+    try:
+        wait_for(lambda: live(m).get("compact_tried", 0) >= 8 - done)
+        time.sleep(1.0)                                      # more rounds would find nothing
+        assert live(m)["compact_tried"] == 8 - done
+        assert m.path("f").read_bytes() == files["f"]
     finally:
         m.stop()
 

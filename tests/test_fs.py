@@ -336,9 +336,13 @@ def test_fio_verify_four_jobs(mounted):
     r = subprocess.run(["fio", "--name=verify", f"--directory={mounted.mnt}", "--size=16m",
                         "--bs=4k", "--rw=randwrite", "--numjobs=4", "--verify=crc32c",
                         "--do_verify=1", "--verify_fatal=1", "--ioengine=psync",
-                        "--output-format=terse"], capture_output=True, text=True, timeout=300)
+                        "--output-format=json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "verify" in r.stdout and "bad" not in r.stderr.lower()
+    jobs = json.loads(r.stdout[r.stdout.index("{"):])["jobs"]
+    assert len(jobs) == 4
+    for job in jobs:   # each job wrote its 16 MiB and read all of it back to verify
+        assert job["error"] == 0
+        assert job["write"]["io_bytes"] == job["read"]["io_bytes"] == 16 << 20, job
 
 
 def test_st_blocks_counts_a_buffered_rewrite_once(mounted):

@@ -128,9 +128,9 @@ def stats(target: str, as_json: bool, config_path: str | None) -> None:
     live = None
     store = target
     if os.path.ismount(target):
-        from .fs import _mounted_store
+        from ..fs.mounts import mounted_store
 
-        store = _mounted_store(target)
+        store = mounted_store(target)
         if store is None:
             raise click.ClickException(f"{target}: not an llmfs mount")
         live = json.loads(os.getxattr(target, "user.llmfs.stats"))

@@ -1,7 +1,6 @@
 """``llmfs mkfs / mount / umount``: making and serving a store."""
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ import click
 
 from . import main
 from ..config import Config, ConfigError
+from ..fs.mounts import mounted_store
 from ..store import Store, StoreError
 
 config_opt = click.option("--config", "config_path", type=click.Path(),
@@ -125,23 +125,9 @@ def umount(mountpoint: str, lazy: bool) -> None:
         time.sleep(0.05)
 
 
-def _mounted_store(mountpoint: str) -> str | None:
-    """The store an llmfs mount serves (from /proc/mounts), or None."""
-    target = os.path.realpath(mountpoint)
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    for line in mounts:
-        source, where, fstype = line.split()[:3]
-        if fstype == "fuse.llmfs" and where == target and source.startswith("llmfs:"):
-            return source[6:]
-    return None
-
-
 def _daemon_pid(mountpoint: str) -> int | None:
     """The pid of the daemon serving *mountpoint* (from its store's lock file)."""
-    store = _mounted_store(mountpoint)
+    store = mounted_store(mountpoint)
     try:
         return int((Path(store) / "llmfs.lock").read_text().split()[0]) if store else None
     except (OSError, ValueError, IndexError):

@@ -91,10 +91,11 @@ class BlockCodec:
         return cls(models[0] if models else None, extra_models=tuple(models[1:]),
                    workers=workers, encoders=encoders)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the model workers (*abort*: without finishing work under way)."""
         for c in self.llm.values():
             if isinstance(c, LLMPool):
-                c.close()
+                c.close(abort)
 
     def __enter__(self) -> "BlockCodec":
         return self

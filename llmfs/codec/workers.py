@@ -4,13 +4,21 @@ The engine's small matmuls and per-token Python work scale poorly across
 threads of one process; two single-thread processes were measured 1.3-2.4x
 faster than one two-thread process (shared/MEASUREMENTS.md).  Results do not
 change: the engine is exact whatever the process or thread count.
+
+A worker that dies (killed, out of memory) breaks a ProcessPoolExecutor for
+good; the pool then starts fresh workers and runs the batch once more, so
+reads heal without a remount.  A batch that kills its workers twice raises
+:class:`WorkerError`.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-
-from typing import TYPE_CHECKING
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, TypeVar
 
 from ..model import ModelFile
 from .frame import MODEL_ALONE
@@ -19,7 +27,14 @@ from .segments import Coded, join_segments, regroup, split_segments
 if TYPE_CHECKING:
     from .llm import LLMCodec
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 _codec: LLMCodec | None = None
+
+
+class WorkerError(RuntimeError):
+    """A batch the model workers could not finish (they died on it twice)."""
 
 
 def _init(model_bytes: bytes) -> None:
@@ -49,11 +64,38 @@ class LLMPool:
         """*model*: a ModelFile or a LanguageModel (only its file and tokenizer are used here)."""
         self.model = model
         self.workers = workers
-        self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init, initargs=(model.data,))
+        self.restarts = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._ex = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init, initargs=(self.model.data,))
+
+    def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        """``map`` over the workers; a dead worker restarts the pool and the
+        batch runs once more (the engine is exact, so a rerun gives the same)."""
+        for attempt in (1, 2):
+            with self._lock:
+                ex = self._ex
+            try:
+                return list(ex.map(fn, items))
+            except BrokenProcessPool as e:
+                with self._lock:
+                    if self._closed:
+                        raise WorkerError("model workers stopped (pool closed)") from e
+                    if self._ex is ex:   # the first caller to notice restarts it
+                        ex.shutdown(wait=False, cancel_futures=True)
+                        self._ex = self._start()
+                        self.restarts += 1
+                        log.warning("a model worker died (%s); started new workers", e)
+                if attempt == 2:
+                    raise WorkerError("model workers died twice on one batch") from e
+        raise AssertionError("unreachable")
 
     def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Coded | None]:
-        return list(self._ex.map(_encode, jobs))
+        return self._map(_encode, jobs)
 
     def decode_many(self, items: list[Coded]) -> list[list[int] | None]:
         """Items are spread over the workers, largest first to the least
@@ -84,10 +126,18 @@ class LLMPool:
             load[w] += items[i].n_tokens
         groups = [g for g in groups if g]
         out: list[list[int] | None] = [None] * len(items)
-        for g, res in zip(groups, self._ex.map(_decode, [[items[i] for i in g] for g in groups])):
+        for g, res in zip(groups, self._map(_decode, [[items[i] for i in g] for g in groups])):
             for i, r in zip(g, res):
                 out[i] = r
         return out
 
-    def close(self) -> None:
-        self._ex.shutdown()
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers; with *abort* at once, so a batch under way fails
+        with WorkerError instead of finishing (an unmount mid-compaction)."""
+        with self._lock:
+            self._closed = True
+            ex = self._ex
+        if abort:   # ProcessPoolExecutor has no public way to stop running work before 3.14
+            for p in list(getattr(ex, "_processes", {}).values()):
+                p.terminate()
+        ex.shutdown(wait=True, cancel_futures=abort)

@@ -19,6 +19,7 @@ import mfusepy
 
 from ..config import Config
 from ..store import Store, StoreError, StoreLock
+from .mounts import FSTYPE, fsname, mount_type
 from .operations import LLMFS
 
 log = logging.getLogger("llmfs")
@@ -63,13 +64,21 @@ class _FUSE(mfusepy.FUSE):
 
 
 def _clear_stale(mountpoint: str) -> None:
-    """A daemon killed hard leaves 'Transport endpoint is not connected'."""
+    """A daemon killed hard leaves its mount behind, answering 'Transport
+    endpoint is not connected'; unmount it if it was llmfs's."""
     try:
         os.stat(mountpoint)
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
-            log.warning("%s: clearing the mount of a daemon that died", mountpoint)
-            subprocess.run(["fusermount3", "-uz", mountpoint], check=False)
+        if e.errno != errno.ENOTCONN:
+            return
+        if mount_type(mountpoint) != FSTYPE:
+            raise StoreError(f"{mountpoint}: a dead FUSE mount of another filesystem is in "
+                             "the way (fusermount3 -u it)") from None
+        log.warning("%s: clearing the mount of a daemon that died", mountpoint)
+        r = subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True, text=True)
+        if r.returncode:
+            raise StoreError(f"{mountpoint}: cannot clear the dead mount: "
+                             f"{r.stderr.strip()}") from None
 
 
 def setup_logging(foreground: bool, logfile: str | None, debug: bool = False) -> None:
@@ -95,16 +104,21 @@ def mount(store: str, mountpoint: str, config: Config, foreground: bool = False,
     once the daemon runs (background).  Raises StoreError for a store that
     cannot be served (missing, in use, newer format)."""
     store = os.path.abspath(store)
-    if not os.path.isdir(mountpoint):
-        raise StoreError(f"{mountpoint}: mount point is not a directory")
     lock = StoreLock(store)          # held across the daemon's fork
-    Store(store, readonly=True).close()   # format check before anything is mounted
-    _clear_stale(mountpoint)
+    try:
+        # held lock: no live daemon serves this store, so a dead mount of it is stale
+        _clear_stale(mountpoint)
+        if not os.path.isdir(mountpoint):
+            raise StoreError(f"{mountpoint}: mount point is not a directory")
+        Store(store, readonly=True).close()   # format check before anything is mounted
+    except BaseException:
+        lock.release()
+        raise
     ops = LLMFS(store, config, lock)
     # attr_timeout=0: libfuse's path API gives each name of a hard-linked file
     # its own kernel inode, so cached attributes (nlink, ctime) of the other
     # names would go stale for the timeout after link/unlink.
-    options = {"fsname": f"llmfs:{store}", "subtype": "llmfs", "default_permissions": True,
+    options = {"fsname": fsname(store), "subtype": "llmfs", "default_permissions": True,
                "attr_timeout": 0}
     if os.getuid() == 0:
         options["allow_other"] = True

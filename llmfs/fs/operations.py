@@ -132,7 +132,7 @@ class LLMFS(mfusepy.Operations):
                 t.put_inode(ino, inode)
 
     def _foreground_busy(self) -> bool:
-        return time.monotonic() - self._last_io < 1.0
+        return time.monotonic() - self._last_io < self.config.compact_yield_s
 
     def destroy(self, path: str) -> None:
         self._stop.set()
@@ -158,7 +158,8 @@ class LLMFS(mfusepy.Operations):
         lines = []
         for name, value in sorted(self.live_stats().items()):
             metric = f"llmfs_{name}"
-            kind = "gauge" if name.startswith(("dirty", "open", "hot", "warm")) else "counter"
+            gauges = ("dirty", "open", "hot", "warm", "compact_busy")
+            kind = "gauge" if name.startswith(gauges) else "counter"
             lines += [f"# TYPE {metric} {kind}", f'{metric}{{store="{self.store_path}"}} {value}']
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
@@ -185,7 +186,7 @@ class LLMFS(mfusepy.Operations):
     def live_stats(self) -> dict:
         """Counters of the running daemon (cache, decoding, write buffer)."""
         with self._mutex:
-            dirty = sum(d.nbytes() for d in self._dirty.values())
+            dirty = self._dirty_bytes()
             out = {"dirty_bytes": dirty, "dirty_files": len(self._dirty),
                    "open_files": len(self._handles), **self.stats}
         out.update(self.cache.stats)
@@ -606,13 +607,45 @@ class LLMFS(mfusepy.Operations):
                 raise
         return fh
 
+    def flush(self, path: str | None, fh: int) -> int:
+        """Called at every close(): commit the file's buffered data so that a
+        write-back error (disk full, I/O error) reaches the program that
+        closes it.  The data stays buffered after a failure (the flusher and
+        the next close or fsync try again)."""
+        with self._mutex:
+            h = self._handles.get(fh)
+        if h is not None:
+            self._commit_or_raise(h.ino)
+        return 0
+
+    def _commit_or_raise(self, ino: int) -> None:
+        """Flush *ino*; any failure becomes the errno the caller should see."""
+        try:
+            self._flush_ino(ino)
+        except FuseOSError:
+            raise
+        except OSError as e:
+            self.stats["writeback_errors"] += 1
+            log.error("inode %d: buffered data not committed: %s", ino, e)
+            raise _err(e.errno if isinstance(e.errno, int) and e.errno > 0
+                       else errno.EIO) from None
+        except Exception as e:
+            self.stats["writeback_errors"] += 1
+            log.error("inode %d: buffered data not committed: %r", ino, e)
+            raise _err(errno.EIO) from None
+
     def release(self, path: str | None, fh: int) -> int:
+        """The last close of a handle.  Its error cannot reach the program any
+        more (flush already reported it); data that still fails to commit
+        stays buffered for the flusher."""
         with self._mutex:
             h = self._handles.get(fh)
         if h is None:
             return 0
         try:
             self._flush_ino(h.ino)
+        except Exception as e:
+            log.error("inode %d: flush at release failed, data kept buffered: %s", h.ino, e)
         finally:
             with self._mutex:
                 self._handles.pop(fh, None)
@@ -632,8 +665,12 @@ class LLMFS(mfusepy.Operations):
         with self._mutex:
             h = self._handles.get(fh)
         if h is not None:
-            self._flush_ino(h.ino)
-        self.store.sync()
+            self._commit_or_raise(h.ino)
+        try:
+            self.store.sync()
+        except Exception as e:
+            log.error("fsync: store sync failed: %s", e)
+            raise _err(errno.EIO) from None
         return 0
 
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
@@ -721,7 +758,14 @@ class LLMFS(mfusepy.Operations):
                           ino, i * self.bs, k.hex()[:16])
                 raise _err(errno.EIO)
         todo = {k: frames[k] for k in keys.values()}
-        results = self.reader.decode(todo) if todo else {}
+        try:
+            results = self.reader.decode(todo) if todo else {}
+        except Exception as e:   # the decoder itself failed (e.g. its workers died twice)
+            self.stats["read_errors"] += 1
+            first = min(keys)
+            log.error("inode %d offset %d: decoding %d block(s) failed: %r",
+                      ino, first * self.bs, len(todo), e)
+            raise _err(errno.EIO) from None
         if extra:
             self.reader.prefetch(extra)
         out: dict[int, bytes] = {}
@@ -798,10 +842,20 @@ class LLMFS(mfusepy.Operations):
                 offset = d.size if d else self.store.read(lambda t: self._inode(t, ino).size)
         return self._write_ino(ino, data, offset)
 
+    def _dirty_bytes(self) -> int:
+        return sum(d.nbytes() for d in self._dirty.values())
+
     def _write_ino(self, ino: int, data: bytes, offset: int) -> int:
         bs = self.bs
         if not data:
             return 0
+        with self._mutex:
+            stuck = self._dirty_bytes() > 2 * self.config.dirty_mib * MiB
+        if stuck:   # flushes are failing (disk full?): report it rather than buffer more
+            self._commit_or_raise(ino)
+            with self._mutex:
+                if self._dirty_bytes() > 2 * self.config.dirty_mib * MiB:
+                    raise _err(errno.ENOSPC)
         end = offset + len(data)
         first, last = offset // bs, (end - 1) // bs
 
@@ -829,10 +883,10 @@ class LLMFS(mfusepy.Operations):
             d.mtime_ns = d.ctime_ns = time.time_ns()
             d.attrs_dirty = True
             full = len(d.blocks) >= self.config.file_flush_blocks
-            over = sum(x.nbytes() for x in self._dirty.values()) > self.config.dirty_mib * MiB
+            over = self._dirty_bytes() > self.config.dirty_mib * MiB
         finally:
             self._mutex.release()
-        if full or over:
+        if full or over:   # a failure here is the write's error; the data stays buffered
             self._flush_ino(ino, keep_tail=True)
         return len(data)
 

@@ -189,6 +189,7 @@ class Store:
         Disk full surfaces as ``OSError(ENOSPC)`` with nothing committed."""
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only")
+        ticked = False
         for _ in range(40):
             try:
                 with self._gate.shared(), self.env.begin(write=True) as txn:
@@ -196,10 +197,25 @@ class Store:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as e:
-                if self._disk_full(e):
+                if not self._disk_full(e):
+                    raise
+                if ticked or not self._tick():
                     raise OSError(errno.ENOSPC, "store disk is full") from e
-                raise
+                ticked = True
         raise StoreError("store map could not grow")
+
+    def _tick(self) -> bool:
+        """Commit one tiny transaction; True when it went through.  LMDB reuses
+        the pages a transaction freed only from the second transaction after
+        it (it keeps the previous snapshot intact), so after files were
+        deleted on a full disk the next large commit fails unless one small
+        commit comes first."""
+        try:
+            with self._gate.shared(), self.env.begin(write=True) as txn:
+                txn.put(b"tick", str(time.time_ns()).encode(), db=self.dbs["meta"])
+            return True
+        except lmdb.Error:
+            return False
 
     def _disk_full(self, e: lmdb.Error) -> bool:
         """LMDB reports a short write at a full disk as EIO; tell the two apart."""
