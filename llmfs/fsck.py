@@ -15,11 +15,12 @@ import stat
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .codec.frame import Codec, Frame, FrameError
 from .codec.plain import decode_plain
-from .store import ROOT_INO, Store, Txn
-from .store.schema import Inode, fmap_index, ino_of, unpack_ref
+from .store import DAMAGED, ROOT_INO, Store, Txn
+from .store.schema import Inode, ino_of, unpack_ref
 
 
 @dataclass
@@ -42,12 +43,24 @@ class _Scan:
     refs: dict[bytes, tuple[int, int]]
     frames: dict[bytes, int]          # key -> frame size (parsed ones)
     bad_frames: dict[bytes, str]
+    bad_inodes: list[int]             # records whose seal does not match
+    bad_entries: list[tuple[int, bytes]]
 
 
 def _scan(t: Txn) -> _Scan:
-    inodes = {ino_of(k): Inode.unpack(v) for k, v in t.scan("inodes")}
-    entries = [(ino_of(k[:8]), k[8:], ino_of(v)) for k, v in t.scan("dirents")]
-    fmap = [(ino_of(k[:8]), fmap_index(k), v) for k, v in t.scan("fmap")]
+    inodes, bad_inodes = {}, []
+    for ino, inode in t.all_inodes():
+        if inode is None:
+            bad_inodes.append(ino)
+        else:
+            inodes[ino] = inode
+    entries, bad_entries = [], []
+    for parent, name, child in t.all_entries():
+        if child is None:
+            bad_entries.append((parent, name))
+        else:
+            entries.append((parent, name, child))
+    fmap = list(t.all_block_maps())
     refs = {k: unpack_ref(v) for k, v in t.scan("refs")}
     frames, bad = {}, {}
     for k, f in t.scan("blocks"):
@@ -56,7 +69,8 @@ def _scan(t: Txn) -> _Scan:
             frames[k] = len(f)
         except FrameError as e:
             bad[k] = str(e)
-    return _Scan(inodes, entries, {o[0] for o in t.orphans()}, fmap, refs, frames, bad)
+    return _Scan(inodes, entries, {o[0] for o in t.orphans()}, fmap, refs, frames, bad,
+                 bad_inodes, bad_entries)
 
 
 def check(store: Store, repair: bool = False, scrub: bool = False,
@@ -69,8 +83,19 @@ def check(store: Store, repair: bool = False, scrub: bool = False,
     bad = dict(sc.bad_frames)
     for k, why in bad.items():
         rep.add(f"block {k.hex()[:16]}: damaged frame ({why})")
-    if scrub:
-        bad.update(_scrub(store, [k for k in sc.frames], decode_llm, rep, progress))
+    damaged_models = store.read(lambda t: t.damaged_models())
+    for m in damaged_models:
+        rep.add(f"model {m.hex()}: damaged record"
+                + (" (a shipped model: --repair restores it)" if _shipped(m) else
+                   "; its blocks cannot be decoded until it is added again"))
+    for i in sc.bad_inodes:
+        rep.add(f"inode {i}: damaged record (its file is lost)")
+    for parent, name in sc.bad_entries:
+        rep.add(f"entry {name!r} in directory {parent}: damaged record")
+    if scrub:   # a block whose model is missing is not lost: it decodes once the model is back
+        bad.update({k: why for k, why in
+                    _scrub(store, [k for k in sc.frames], decode_llm, rep, progress).items()
+                    if "unknown model" not in why})
 
     links: Counter[int] = Counter()
     subdirs: Counter[int] = Counter()
@@ -96,15 +121,20 @@ def check(store: Store, repair: bool = False, scrub: bool = False,
             nlink_fix[i] = want
 
     counted: Counter[bytes] = Counter()
-    missing = []
+    missing, stray = [], []
     for ino, index, key in sc.fmap:
         counted[key] += 1
+        if ino not in sc.inodes:
+            if ino not in sc.bad_inodes:
+                rep.add(f"block map of missing inode {ino}")
+                stray.append((ino, index))
+            continue
         if key not in sc.frames or key in bad:
-            if key not in bad:
+            if key == DAMAGED:
+                rep.add(f"inode {ino} block {index}: damaged block map entry")
+            elif key not in bad:
                 rep.add(f"inode {ino} block {index}: block {key.hex()[:16]} is missing")
             missing.append((ino, index, key))
-        if ino not in sc.inodes:
-            rep.add(f"block map of missing inode {ino}")
     for key, (n, _) in sc.refs.items():
         if counted[key] != n:
             rep.add(f"block {key.hex()[:16]}: refcount {n}, referenced {counted[key]} times")
@@ -119,9 +149,17 @@ def check(store: Store, repair: bool = False, scrub: bool = False,
             rep.add(f"inode {i}: block count {inode.nblocks}, has {per_file[i]}")
 
     if repair and rep.problems:
+        dangling += sc.bad_entries
         store.write(lambda t: _repair(t, sc, rep, dangling, unreachable, nlink_fix, missing,
-                                      bad))
+                                      stray, bad, damaged_models))
     return rep
+
+
+def _shipped(short_id: bytes) -> Path | None:
+    """The shipped model file whose id starts with *short_id*, if any."""
+    from .model import SHIPPED
+
+    return next((p for p, h in SHIPPED.items() if bytes.fromhex(h)[:8] == short_id), None)
 
 
 def _scrub(store: Store, keys: list[bytes], decode_llm, rep: Report,
@@ -159,7 +197,20 @@ def _scrub(store: Store, keys: list[bytes], decode_llm, rep: Report,
 
 
 def _repair(t: Txn, sc: _Scan, rep: Report, dangling, unreachable, nlink_fix, missing,
-            bad) -> None:
+            stray, bad, damaged_models) -> None:
+    for m in damaged_models:
+        path = _shipped(m)
+        if path is not None:
+            from .model import read_model_file
+
+            t.put_model(m, read_model_file(path))
+            rep.repaired += 1
+    for i in sc.bad_inodes:   # attributes unknown: the file cannot be served again
+        t.drop_inode(i)
+        rep.repaired += 1
+    for ino, index in stray:
+        t.unmap_block(ino, index)
+        rep.repaired += 1
     for parent, name in dangling:
         t.del_entry(parent, name)
         rep.repaired += 1
@@ -190,7 +241,7 @@ def _repair(t: Txn, sc: _Scan, rep: Report, dangling, unreachable, nlink_fix, mi
         rep.repaired += 1
     for key in bad:
         t.drop_block(key)
-    counted: Counter[bytes] = Counter(v for _, v in t.scan("fmap"))
+    counted: Counter[bytes] = Counter(key for _, _, key in t.all_block_maps())
     for key, (n, _) in sc.refs.items():
         if key in bad:
             continue

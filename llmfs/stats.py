@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from .codec.frame import Codec, Frame, FrameError
 from .store import Store, Txn
-from .store.schema import Inode, unpack_ref
+from .store.schema import unpack_ref
 
 
 @dataclass
@@ -58,8 +58,9 @@ def collect(store: Store) -> StoreStats:
 
 def _collect(t: Txn) -> StoreStats:
     st = StoreStats(codecs={c.name.lower(): CodecRow() for c in Codec})
-    for _, value in t.scan("inodes"):
-        inode = Inode.unpack(value)
+    for _, inode in t.all_inodes():
+        if inode is None:
+            continue          # damaged: fsck reports it
         if inode.is_reg:
             st.files += 1
             st.logical_bytes += inode.size

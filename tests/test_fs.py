@@ -309,13 +309,12 @@ def test_crash_keeps_fsynced_data(mounted):
     assert sorted(os.listdir(mounted.mnt)) in (["kept"], ["kept", "pending"])
     mounted.stop()
     s = Store(mounted.store)                             # and the store is consistent
-    with s.env.begin() as txn:
-        refs = {}
-        for _, v in txn.cursor(db=s.dbs["fmap"]):
-            refs[v] = refs.get(v, 0) + 1
-        for k, v in txn.cursor(db=s.dbs["refs"]):
-            assert refs.pop(k) == int.from_bytes(v[:4], "little")
-        assert refs == {}
+    refs: dict[bytes, int] = {}
+    for _, _, key in s.read(lambda t: list(t.all_block_maps())):
+        refs[key] = refs.get(key, 0) + 1
+    for k, v in s.read(lambda t: list(t.scan("refs"))):
+        assert refs.pop(k) == int.from_bytes(v[:4], "little")
+    assert refs == {}
     s.close()
 
 

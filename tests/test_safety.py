@@ -110,6 +110,33 @@ def test_fsync_reports_disk_full_and_a_later_close_commits(tmp_path):
             m.stop()
 
 
+def test_a_full_store_can_be_emptied_and_written_again(tmp_path):
+    """Even a delete needs free pages (LMDB copies what it changes): the spare
+    file gives them on a full disk, and freed space serves the next write."""
+    with tmpfs(tmp_path / "disk", "12m") as disk:
+        m = Mounted(disk)
+        m.mkfs()
+        m.start()
+        try:
+            names = []
+            with pytest.raises(OSError) as e:
+                for i in range(100):
+                    names.append(f"f{i}")
+                    with open(m.path(names[-1]), "wb") as f:
+                        f.write(os.urandom(1 << 20))
+            assert e.value.errno == errno.ENOSPC and len(names) > 5
+            for name in names:
+                os.unlink(m.path(name))
+            assert os.listdir(m.mnt) == []
+            data = os.urandom(4 << 20)
+            m.path("again").write_bytes(data)
+            m.stop()
+            m.start()
+            assert m.path("again").read_bytes() == data
+        finally:
+            m.stop()
+
+
 # -- model workers -----------------------------------------------------------------
 def _workers(pid: int) -> set[int]:
     """Model worker processes (multiprocessing spawn children) of *pid*."""

@@ -8,13 +8,17 @@ import pytest
 
 from llmfs.codec.plain import decode_plain, fast_frame
 from llmfs.store import Inode, Store, StoreError, StoreLock, block_key
+from llmfs.model import model_id
 from llmfs.store.schema import FORMAT_VERSION, ROOT_INO
 
 from conftest import tmpfs
 
 
+MODEL_ID = model_id(b"model bytes")[:8]   # a store keeps models under their hash
+
+
 def new_store(path) -> Store:
-    return Store.create(path / "s", 65536, {b"m" * 8: b"model bytes"})
+    return Store.create(path / "s", 65536, {MODEL_ID: b"model bytes"})
 
 
 def put_file(store: Store, blocks: list[bytes]) -> int:
@@ -32,7 +36,7 @@ def test_create_and_reopen(tmp_path):
     s = new_store(tmp_path)
     root = s.read(lambda t: t.inode(ROOT_INO))
     assert root.is_dir and root.nlink == 2
-    assert s.read(lambda t: t.models()) == {b"m" * 8: b"model bytes"}
+    assert s.read(lambda t: t.models()) == {MODEL_ID: b"model bytes"}
     s.close()
     s = Store(tmp_path / "s")
     assert s.block_size == 65536
@@ -120,9 +124,8 @@ def test_disk_full_is_enospc_and_store_stays_consistent(tiny_disk):
     s = Store(tiny_disk / "s")
     key = s.read(lambda t: t.block_keys(keep, 0, 0))[0]
     assert decode_plain(s.read(lambda t: t.frame(key))) == b"kept " * 100
-    with s.env.begin() as txn:   # every file's blocks are stored
-        for k, v in txn.cursor(db=s.dbs["fmap"]):
-            assert txn.get(v, db=s.dbs["blocks"]) is not None
+    for _, _, key in s.read(lambda t: list(t.all_block_maps())):   # every block is stored
+        assert s.read(lambda t: t.frame(key)) is not None
     # space freed by deleting files serves the very next large commit (LMDB
     # reuses freed pages only two transactions later; Store.write bridges that)
     s.write(lambda t: [t.drop_inode(ino) for ino in filled])

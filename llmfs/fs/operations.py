@@ -31,7 +31,7 @@ from ..codec.frame import FrameError
 from ..codec.plain import fast_frame
 from ..compactor import Compactor
 from ..config import MiB, Config
-from ..store import ROOT_INO, Inode, Store, StoreLock, Txn, block_key
+from ..store import DAMAGED, ROOT_INO, Inode, Store, StoreLock, Txn, block_key
 from .blocks import BlockReader, is_llm
 from .cache import BlockCache
 from .writebuf import Dirty, Snapshot
@@ -94,6 +94,7 @@ class LLMFS(mfusepy.Operations):
         self.unmounted = False
         self.compactor: Compactor | None = None
         self._last_io = 0.0   # monotonic time of the last read or write
+        self._holes_ok: dict[int, tuple] = {}   # inode -> version whose holes were checked
 
     # -- life cycle ------------------------------------------------------
     def init(self, path: str) -> None:
@@ -754,8 +755,10 @@ class LLMFS(mfusepy.Operations):
         damaged block is EIO for this read, logged with inode and offset."""
         for i, k in keys.items():
             if frames.get(k) is None:
-                log.error("inode %d offset %d: block %s missing from the store",
-                          ino, i * self.bs, k.hex()[:16])
+                self.stats["read_errors"] += 1
+                log.error("inode %d offset %d: %s", ino, i * self.bs,
+                          "damaged block map entry" if k == DAMAGED else
+                          f"block {k.hex()[:16]} missing from the store")
                 raise _err(errno.EIO)
         todo = {k: frames[k] for k in keys.values()}
         try:
@@ -779,6 +782,25 @@ class LLMFS(mfusepy.Operations):
             out[i] = r
         return out
 
+    def _check_holes(self, t: Txn, ino: int) -> None:
+        """Before a hole reads as zeros: make sure it is one.  An entry of the
+        block map lost to damage (a flipped bit in its key moves it away) leaves
+        a gap that looks like a hole; the inode's block count then disagrees
+        with the map.  Checked once per inode version."""
+        inode = self._inode(t, ino)
+        version = (inode.size, inode.nblocks, inode.mtime_ns, inode.ctime_ns)
+        if self._holes_ok.get(ino) == version:
+            return
+        if not t.map_matches(ino, inode):
+            self.stats["read_errors"] += 1
+            log.error("inode %d: block map does not match the inode (%d blocks, %d bytes): "
+                      "damaged store? holes read as EIO (run llmfs fsck)",
+                      ino, inode.nblocks, inode.size)
+            raise _err(errno.EIO)
+        if len(self._holes_ok) > 100_000:
+            self._holes_ok.clear()
+        self._holes_ok[ino] = version
+
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         self._last_io = time.monotonic()
         bs = self.bs
@@ -801,6 +823,8 @@ class LLMFS(mfusepy.Operations):
             keys = {i: k for i, k in t.block_keys(ino, first, last + (ra if seq else 0)).items()
                     if i not in buffered}
             now = {i: k for i, k in keys.items() if i <= last}
+            if len(now) + len(buffered) < last - first + 1:
+                self._check_holes(t, ino)
             cached, frames = self._frames(t, now)
             extra = {}
             if seq and (any(f is not None and is_llm(f) for f in frames.values())

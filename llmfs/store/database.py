@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
+import logging
 import os
 import threading
 import time
@@ -25,10 +27,12 @@ from typing import TypeVar
 import lmdb
 import zstandard
 
-from .schema import (DATABASES, FORMAT_VERSION, ROOT_INO, Inode, fmap_index, fmap_key,
-                     ino_key, ino_of, pack_ref, unpack_ref)
+from .schema import (DAMAGED, DATABASES, FORMAT_VERSION, INO_SIZE, INODE_SIZE, KEY_SIZE,
+                     ROOT_INO, Inode, fmap_index, fmap_key, ino_key, ino_of, pack_ref, seal,
+                     unpack_ref, unseal)
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _MIN_MAP = 1 << 30
 _LOCKFILE = "llmfs.lock"
 _DISK_RESERVE = 16 << 20   # a failed commit with less free than this is "disk full"
@@ -39,12 +43,28 @@ def _pack_model(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=19).compress(data)
 
 
-def _unpack_model(value: bytes) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(value) if value[:4] == _ZSTD_MAGIC else value
+def _unpack_model(short_id: bytes, value: bytes) -> bytes | None:
+    """The model file kept as *value*, or None when it is damaged (it does not
+    decompress, or its hash is not its id: the first 8 bytes of blake2b-256)."""
+    try:
+        data = zstandard.ZstdDecompressor().decompress(value) \
+            if value[:4] == _ZSTD_MAGIC else value
+    except zstandard.ZstdError:
+        return None
+    return data if hashlib.blake2b(data, digest_size=32).digest()[:8] == short_id else None
 
 
 class StoreError(Exception):
     """A store that cannot be used as asked; the message is meant for the admin."""
+
+
+class DamagedRecord(OSError):
+    """A store record whose seal does not match (bit rot, a bad disk): EIO
+    for the operation that needed it; ``llmfs fsck`` reports and repairs it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.EIO, f"damaged store record: {what} (run llmfs fsck)")
+        log.error("%s", self.strerror)
 
 
 class StoreLock:
@@ -142,6 +162,9 @@ class Store:
             self.close()
             raise StoreError(f"{self.path}: store format {version} is newer than this llmfs "
                              f"understands ({FORMAT_VERSION}); upgrade llmfs")
+        if int(version) < FORMAT_VERSION and not readonly:
+            # records written from now on are sealed, which an older llmfs cannot read
+            self.write(lambda t: t.set_meta("format", FORMAT_VERSION))
         self.block_size = int(self.read(lambda t: t.meta("block_size")))
 
     @classmethod
@@ -170,7 +193,7 @@ class Store:
             root = Inode(0o40755, os.getuid() if uid is None else uid,
                          os.getgid() if gid is None else gid, 2,
                          atime_ns=now, mtime_ns=now, ctime_ns=now)
-            txn.put(ino_key(ROOT_INO), root.pack(), db=dbs["inodes"])
+            txn.put(ino_key(ROOT_INO), seal(ino_key(ROOT_INO), root.pack()), db=dbs["inodes"])
             for short, data in models.items():
                 txn.put(short, _pack_model(data), db=dbs["models"])
         env.close()
@@ -265,11 +288,18 @@ class Txn:
         return ino
 
     def inode(self, ino: int) -> Inode | None:
-        v = self.txn.get(ino_key(ino), db=self.db["inodes"])
-        return None if v is None else Inode.unpack(v)
+        k = ino_key(ino)
+        v = self.txn.get(k, db=self.db["inodes"])
+        if v is None:
+            return None
+        value = unseal(k, v, INODE_SIZE)
+        if value is None:
+            raise DamagedRecord(f"inode {ino}")
+        return Inode.unpack(value)
 
     def put_inode(self, ino: int, inode: Inode) -> None:
-        self.txn.put(ino_key(ino), inode.pack(), db=self.db["inodes"])
+        k = ino_key(ino)
+        self.txn.put(k, seal(k, inode.pack()), db=self.db["inodes"])
 
     def drop_inode(self, ino: int) -> None:
         """Delete an inode and everything hanging off it (blocks are unreferenced)."""
@@ -298,12 +328,21 @@ class Txn:
                 for k, v in self.txn.cursor(db=self.db["orphans"])]
 
     # -- directory entries -------------------------------------------------
+    @staticmethod
+    def _entry_ino(k: bytes, v: bytes) -> int:
+        value = unseal(k, v, INO_SIZE)
+        if value is None:
+            raise DamagedRecord(f"entry {k[8:]!r} of directory {ino_of(k)}")
+        return ino_of(value)
+
     def lookup(self, parent: int, name: bytes) -> int | None:
-        v = self.txn.get(ino_key(parent) + name, db=self.db["dirents"])
-        return None if v is None else ino_of(v)
+        k = ino_key(parent) + name
+        v = self.txn.get(k, db=self.db["dirents"])
+        return None if v is None else self._entry_ino(k, v)
 
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
-        self.txn.put(ino_key(parent) + name, ino_key(ino), db=self.db["dirents"])
+        k = ino_key(parent) + name
+        self.txn.put(k, seal(k, ino_key(ino)), db=self.db["dirents"])
 
     def del_entry(self, parent: int, name: bytes) -> None:
         self.txn.delete(ino_key(parent) + name, db=self.db["dirents"])
@@ -315,7 +354,7 @@ class Txn:
             for k, v in cur:
                 if not k.startswith(prefix):
                     break
-                yield k[8:], ino_of(v)
+                yield k[8:], self._entry_ino(k, v)
 
     def has_entries(self, parent: int) -> bool:
         return next(self.entries(parent), None) is not None
@@ -348,8 +387,15 @@ class Txn:
         return out
 
     # -- file blocks -----------------------------------------------------------
+    @staticmethod
+    def map_value(k: bytes, v: bytes) -> bytes:
+        """The block key of a block map record (DAMAGED when its seal is wrong)."""
+        key = unseal(k, v, KEY_SIZE)
+        return DAMAGED if key is None else key
+
     def block_keys(self, ino: int, first: int, last: int) -> dict[int, bytes]:
-        """Block keys of blocks first..last (inclusive) of a file; holes are absent."""
+        """Block keys of blocks first..last (inclusive) of a file; holes are
+        absent, damaged entries are DAMAGED (they read as a missing block)."""
         out: dict[int, bytes] = {}
         cur = self.txn.cursor(db=self.db["fmap"])
         end = fmap_key(ino, last)
@@ -357,8 +403,22 @@ class Txn:
             for k, v in cur:
                 if k > end:
                     break
-                out[fmap_index(k)] = v
+                out[fmap_index(k)] = self.map_value(k, v)
         return out
+
+    def map_matches(self, ino: int, inode: Inode) -> bool:
+        """Whether the block map of *ino* has as many entries as the inode
+        counts, all below its size: a hole in a file whose map does not match
+        may be an entry lost to damage, not a hole."""
+        n, top = 0, -1
+        prefix = ino_key(ino)
+        cur = self.txn.cursor(db=self.db["fmap"])
+        if cur.set_range(prefix):
+            for k in cur.iternext(values=False):
+                if not k.startswith(prefix):
+                    break
+                n, top = n + 1, fmap_index(k)
+        return n == inode.nblocks and top * self.store.block_size < max(inode.size, 1)
 
     def frame(self, key: bytes) -> bytes | None:
         return self.txn.get(key, db=self.db["blocks"])
@@ -372,6 +432,8 @@ class Txn:
         change in the file's stored block count (0 or 1)."""
         fk = fmap_key(ino, index)
         old = self.txn.get(fk, db=self.db["fmap"])
+        if old is not None:
+            old = self.map_value(fk, old)
         if old == key:
             return 0
         ref = self.txn.get(key, db=self.db["refs"])
@@ -383,7 +445,7 @@ class Txn:
         else:
             n, written = unpack_ref(ref)
             self.txn.put(key, pack_ref(n + 1, written), db=self.db["refs"])
-        self.txn.put(fk, key, db=self.db["fmap"])
+        self.txn.put(fk, seal(fk, key), db=self.db["fmap"])
         if old is not None:
             self._unref(old)
             return 0
@@ -396,7 +458,7 @@ class Txn:
         if old is None:
             return 0
         self.txn.delete(fk, db=self.db["fmap"])
-        self._unref(old)
+        self._unref(self.map_value(fk, old))
         return -1
 
     def truncate_blocks(self, ino: int, first: int) -> int:
@@ -406,6 +468,21 @@ class Txn:
             self.txn.delete(fmap_key(ino, index), db=self.db["fmap"])
             self._unref(key)
         return len(gone)
+
+    # -- whole tables, for tools (damaged records come as None / DAMAGED) --
+    def all_inodes(self) -> Iterator[tuple[int, Inode | None]]:
+        for k, v in self.txn.cursor(db=self.db["inodes"]):
+            value = unseal(k, v, INODE_SIZE)
+            yield ino_of(k), None if value is None else Inode.unpack(value)
+
+    def all_entries(self) -> Iterator[tuple[int, bytes, int | None]]:
+        for k, v in self.txn.cursor(db=self.db["dirents"]):
+            value = unseal(k, v, INO_SIZE)
+            yield ino_of(k), k[8:], None if value is None else ino_of(value)
+
+    def all_block_maps(self) -> Iterator[tuple[int, int, bytes]]:
+        for k, v in self.txn.cursor(db=self.db["fmap"]):
+            yield ino_of(k), fmap_index(k), self.map_value(k, v)
 
     def scan(self, name: str) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of sub-database *name*, in key order (for tools)."""
@@ -464,8 +541,21 @@ class Txn:
     # -- models ------------------------------------------------------------
     def models(self) -> dict[bytes, bytes]:
         """Model files by short id (kept zstd-compressed: a model is megabytes
-        of integer tables that compress 2.4x, and every store carries one)."""
-        return {k: _unpack_model(v) for k, v in self.txn.cursor(db=self.db["models"])}
+        of integer tables that compress 2.4x, and every store carries one).
+        A damaged model is left out (logged): its blocks read as EIO."""
+        out = {}
+        for k, v in self.txn.cursor(db=self.db["models"]):
+            data = _unpack_model(k, v)
+            if data is None:
+                log.error("model %s: damaged record in the store (run llmfs fsck)", k.hex())
+            else:
+                out[k] = data
+        return out
+
+    def damaged_models(self) -> list[bytes]:
+        """Short ids of the models whose record is damaged."""
+        return [k for k, v in self.txn.cursor(db=self.db["models"])
+                if _unpack_model(k, v) is None]
 
     def model_ids(self) -> list[bytes]:
         """Short ids of the models kept (without decompressing them)."""

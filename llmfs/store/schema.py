@@ -8,26 +8,35 @@ directory's entries.
 database   key                             value
 =========  ==============================  =================================
 meta       name (ascii)                    value (format, block size, ...)
-inodes     ino u64                         :class:`Inode` record
-dirents    parent ino u64 + name           child ino u64
+inodes     ino u64                         :class:`Inode` record, sealed
+dirents    parent ino u64 + name           child ino u64, sealed
 symlinks   ino u64                         target bytes
 xattrs     ino u64 + name                  value
-fmap       ino u64 + block index u64       block key (blake2b-256 of raw)
+fmap       ino u64 + block index u64       block key (blake2b-256 of raw), sealed
 blocks     block key                       frame (see ``codec.frame``)
 refs       block key                       refcount u32 + written ns u64
 models     model short id (8 bytes)        model file bytes
 orphans    ino u64                         b"" (unlinked while open)
 counters   name (ascii)                    u64
 =========  ==============================  =================================
+
+*Sealed* records end in a CRC-32 of their key and value (format 2).  LMDB
+checks nothing, and a flipped bit in a block map entry or an inode would
+otherwise read as wrong bytes (a hole of zeros, another size) where the block
+frames' own checksums cannot see it; a seal that does not match makes the
+record *damaged*: EIO for what needs it, and a problem for fsck.  Records of
+format 1 have no seal (they are told apart by their fixed length) and are
+taken as they are.
 """
 from __future__ import annotations
 
 import hashlib
 import stat
 import struct
+import zlib
 from dataclasses import dataclass
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ROOT_INO = 1
 DATABASES = ("meta", "inodes", "dirents", "symlinks", "xattrs", "fmap", "blocks", "refs",
              "models", "orphans", "counters")
@@ -36,6 +45,28 @@ _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")
 _REF = struct.Struct("<IQ")
 _INODE = struct.Struct("<IIIIQQqqqQ")
+_SEAL = struct.Struct("<I")
+INO_SIZE, KEY_SIZE, INODE_SIZE = _U64.size, 32, _INODE.size
+# The block key a damaged block map entry reads as: no block has it (a blake2b
+# preimage of zeros is out of reach), so it reads as a missing block, EIO.
+DAMAGED = bytes(KEY_SIZE)
+
+
+def seal(key: bytes, value: bytes) -> bytes:
+    """*value* as stored under *key*: followed by a CRC-32 of both."""
+    return value + _SEAL.pack(zlib.crc32(key + value))
+
+
+def unseal(key: bytes, stored: bytes, size: int) -> bytes | None:
+    """The value of a record of fixed *size* stored under *key*, or None when
+    it is damaged (its seal does not match, or its length is wrong)."""
+    if len(stored) == size:
+        return stored                       # format 1: no seal
+    if len(stored) == size + _SEAL.size:
+        value = stored[:size]
+        if _SEAL.unpack_from(stored, size)[0] == zlib.crc32(key + value):
+            return value
+    return None
 
 
 def block_key(raw: bytes) -> bytes:
