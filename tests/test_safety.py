@@ -23,7 +23,8 @@ from llmfs.compactor import recompress
 from llmfs.config import Config
 from llmfs.fs.operations import LLMFS
 from llmfs.model import DEFAULT_MODEL, ModelFile, read_model_file
-from llmfs.store import Store
+from llmfs.store import FORMAT_VERSION, Store
+from llmfs.store.schema import fmap_key, ino_key
 
 from conftest import Mounted, tmpfs
 
@@ -341,3 +342,124 @@ def test_flipped_bytes_in_the_data_file_read_as_eio_never_wrong_and_fsck_reports
     r = cli("fsck", str(m.store), "--scrub")
     assert r.returncode == 4, r.stdout + r.stderr
     assert r.stdout.count("checksum") + r.stdout.count("damaged") >= hit, r.stdout
+
+
+def _flip(s: Store, db: str, key: bytes, at: int = 0) -> None:
+    """Flip the bits of one byte of a stored value, as bit rot would."""
+    with s.env.begin(write=True) as txn:
+        v = bytearray(txn.get(key, db=s.dbs[db]))
+        v[at] ^= 0xFF
+        txn.put(key, bytes(v), db=s.dbs[db])
+
+
+def test_damaged_metadata_reads_as_eio_and_fsck_repairs_it(tmp_path):
+    """Bit rot in the records that say where a file's bytes are: every read
+    gives the right bytes or EIO, fsck names each damage and repairs it."""
+    m = Mounted(tmp_path, options="compact=false")
+    m.mkfs("--block-size", str(BS))
+    m.start()
+    files = {n: os.urandom(3 * BS) for n in "abce"}
+    for name, data in files.items():
+        m.path(name).write_bytes(data)
+    with open(m.path("d"), "wb") as f:                        # blocks 0 and 2, a hole at 1
+        f.write(files["a"][:BS])
+        f.seek(2 * BS)
+        f.write(files["b"][:BS])
+    m.stop()
+    s = Store(m.store)
+    ino = {n: s.read(lambda t: t.lookup(1, n.encode())) for n in "abcde"}
+    _flip(s, "inodes", ino_key(ino["a"]), 8)                 # a's size
+    _flip(s, "dirents", ino_key(1) + b"b")                   # b's entry points elsewhere
+    _flip(s, "fmap", fmap_key(ino["c"], 1), 5)               # c's block 1 key
+    with s.env.begin(write=True) as txn:                     # d's block 0 entry moves away
+        v = txn.pop(fmap_key(ino["d"], 0), db=s.dbs["fmap"])
+        txn.put(fmap_key(ino["d"] | 1 << 25, 0), v, db=s.dbs["fmap"])
+    s.close()
+
+    m.start()
+    try:
+        def eio(fn) -> None:
+            with pytest.raises(OSError) as e:
+                fn()
+            assert e.value.errno == errno.EIO
+
+        eio(lambda: m.path("a").stat())
+        eio(lambda: m.path("b").read_bytes())
+        with open(m.path("c"), "rb") as f:
+            assert os.pread(f.fileno(), BS, 0) == files["c"][:BS]
+            eio(lambda: os.pread(f.fileno(), BS, BS))
+            assert os.pread(f.fileno(), BS, 2 * BS) == files["c"][2 * BS:]
+        with open(m.path("d"), "rb") as f:
+            eio(lambda: os.pread(f.fileno(), BS, 0))          # not a hole of zeros
+            assert os.pread(f.fileno(), BS, 2 * BS) == files["b"][:BS]
+        assert m.path("e").read_bytes() == files["e"]
+    finally:
+        m.stop()
+    r = cli("fsck", str(m.store))
+    assert r.returncode == 4, r.stdout + r.stderr
+    for what in (f"inode {ino['a']}: damaged record", "entry b'b' in directory 1: damaged record",
+                 f"inode {ino['c']} block 1: damaged block map entry",
+                 f"block map of missing inode {ino['d'] | 1 << 25}",
+                 f"inode {ino['d']}: block count 2, has 1"):
+        assert what in r.stdout, r.stdout
+    assert cli("fsck", str(m.store), "--repair").returncode == 1
+    r = cli("fsck", str(m.store))
+    assert r.returncode == 0, r.stdout
+    m.start()
+    try:
+        assert sorted(os.listdir(m.mnt)) == ["c", "d", "e", "lost+found"]
+        assert m.path("c").read_bytes() == files["c"][:BS] + bytes(BS) + files["c"][2 * BS:]
+        assert m.path("e").read_bytes() == files["e"]
+        assert m.path("lost+found", f"#{ino['b']}").read_bytes() == files["b"]
+    finally:
+        m.stop()
+
+
+def test_a_damaged_model_record_is_reported_and_a_shipped_one_restored(tmp_path):
+    assert cli("mkfs", str(tmp_path / "m")).returncode == 0
+    s = Store(tmp_path / "m")
+    (mid,) = s.read(lambda t: t.model_ids())
+    _flip(s, "models", mid, 1000)
+    assert s.read(lambda t: t.models()) == {}
+    s.close()
+    r = cli("fsck", str(tmp_path / "m"))
+    assert r.returncode == 4 and f"model {mid.hex()}: damaged record" in r.stdout, r.stdout
+    assert cli("fsck", str(tmp_path / "m"), "--repair").returncode == 1
+    s = Store(tmp_path / "m", readonly=True)
+    assert list(s.read(lambda t: t.models())) == [mid]
+    s.close()
+
+
+def test_a_store_of_format_1_reads_and_is_upgraded(tmp_path):
+    """Format 1 had no seals: its records are taken as they are, and the first
+    writable open marks the store format 2 (an older llmfs then refuses it)."""
+    m = Mounted(tmp_path)
+    m.mkfs()
+    m.start()
+    data = os.urandom(200_000)
+    m.path("f").write_bytes(data)
+    os.mkdir(m.path("d"))
+    m.stop()
+    s = Store(m.store)
+    with s.env.begin(write=True) as txn:                     # strip every seal: format 1
+        for db in ("inodes", "dirents", "fmap"):
+            for k, v in list(txn.cursor(db=s.dbs[db])):
+                txn.put(k, v[:-4], db=s.dbs[db])
+        txn.put(b"format", b"1", db=s.dbs["meta"])
+    s.close()
+    m.start()
+    try:
+        assert m.path("f").read_bytes() == data
+        m.path("d", "g").write_bytes(b"new")
+    finally:
+        m.stop()
+    s = Store(m.store, readonly=True)
+    assert s.read(lambda t: t.meta("format")) == str(FORMAT_VERSION) == "2"
+    s.close()
+    r = cli("fsck", str(m.store))
+    assert r.returncode == 0, r.stdout
+    m.start()
+    try:
+        assert m.path("f").read_bytes() == data and m.path("d", "g").read_bytes() == b"new"
+    finally:
+        m.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import main
-from ..store import Store, StoreError, StoreLock
+from ..store import DamagedRecord, Store, StoreError, StoreLock
 from .fs import _config, config_opt
 
 
@@ -199,6 +199,10 @@ def fsck(store: str, repair: bool, scrub: bool, workers: int, config_path: str |
         with tqdm(total=total, unit="block", desc="scrub",
                   disable=not (scrub and os.isatty(2))) as bar:
             rep = check(s, repair, scrub, codec.decode_each if codec else None, bar.update)
+    except DamagedRecord as e:   # LMDB's own structure is broken: beyond a repair here
+        click.echo(f"Error: {store}: {e.strerror}; copy out what reads "
+                   "(llmfs export) into a new store", err=True)
+        raise SystemExit(8) from None
     finally:
         if codec is not None:
             codec.close()

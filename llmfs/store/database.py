@@ -58,13 +58,17 @@ class StoreError(Exception):
     """A store that cannot be used as asked; the message is meant for the admin."""
 
 
+# What LMDB says when a page of its file is not what it should be (bit rot).
+_LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError)
+
+
 class DamagedRecord(OSError):
     """A store record whose seal does not match (bit rot, a bad disk): EIO
     for the operation that needed it; ``llmfs fsck`` reports and repairs it."""
 
     def __init__(self, what: str) -> None:
-        super().__init__(errno.EIO, f"damaged store record: {what} (run llmfs fsck)")
-        log.error("%s", self.strerror)
+        super().__init__(errno.EIO, f"damaged store record: {what}")
+        log.error("%s (run llmfs fsck)", self.strerror)
 
 
 class StoreLock:
@@ -204,8 +208,11 @@ class Store:
 
     # -- transactions -----------------------------------------------------
     def read(self, fn: Callable[["Txn"], T]) -> T:
-        with self._gate.shared(), self.env.begin(buffers=False) as txn:
-            return fn(Txn(txn, self))
+        try:
+            with self._gate.shared(), self.env.begin(buffers=False) as txn:
+                return fn(Txn(txn, self))
+        except _LMDB_DAMAGE as e:
+            raise DamagedRecord(f"LMDB page ({e})") from None
 
     def write(self, fn: Callable[["Txn"], T]) -> T:
         """Run *fn* in one write transaction; grow the map and retry when full.
@@ -219,6 +226,8 @@ class Store:
                     return fn(Txn(txn, self))
             except lmdb.MapFullError:
                 self._grow()
+            except _LMDB_DAMAGE as e:
+                raise DamagedRecord(f"LMDB page ({e})") from None
             except lmdb.Error as e:
                 if not self._disk_full(e):
                     raise
@@ -417,7 +426,7 @@ class Txn:
             for k in cur.iternext(values=False):
                 if not k.startswith(prefix):
                     break
-                n, top = n + 1, fmap_index(k)
+                n, top = n + 1, max(top, fmap_index(k))   # a damaged key may be out of order
         return n == inode.nblocks and top * self.store.block_size < max(inode.size, 1)
 
     def frame(self, key: bytes) -> bytes | None:
