@@ -619,10 +619,10 @@ class LLMFS(mfusepy.Operations):
             self._commit_or_raise(h.ino)
         return 0
 
-    def _commit_or_raise(self, ino: int) -> None:
+    def _commit_or_raise(self, ino: int, keep_tail: bool = False) -> None:
         """Flush *ino*; any failure becomes the errno the caller should see."""
         try:
-            self._flush_ino(ino)
+            self._flush_ino(ino, keep_tail)
         except FuseOSError:
             raise
         except OSError as e:
@@ -911,7 +911,7 @@ class LLMFS(mfusepy.Operations):
         finally:
             self._mutex.release()
         if full or over:   # a failure here is the write's error; the data stays buffered
-            self._flush_ino(ino, keep_tail=True)
+            self._commit_or_raise(ino, keep_tail=True)
         return len(data)
 
     def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> int:
