@@ -21,7 +21,8 @@ import constriction
 import numpy as np
 import torch
 
-from ..model.engine import FREQ_BITS, KVCache
+from ..model import native
+from ..model.engine import FREQ_BITS
 from ..model.modelfile import LanguageModel
 from .frame import MODEL_ALONE, VERSION
 from .mixer import Mixer
@@ -35,7 +36,7 @@ class LLMCodec:
 
     def __init__(self, model: LanguageModel, chunk: int | None = None) -> None:
         self.model = model
-        self.engine = model.engine
+        self.engine = native.choose(model.engine)   # the C core where it runs the model
         self.chunk = chunk or model.cfg.window
         ids = model.tokenizer.encode(b"\n")
         self.bos = int(ids[0])  # fixed first context token: the model saw "\n" before documents
@@ -58,7 +59,7 @@ class LLMCodec:
         inp = torch.from_numpy(inp)
         chunk = min(self.chunk, max(16, 512 // B))      # 512 tables a step: cache-sized
         mixer = Mixer(B, version, self.model.cfg.vocab)
-        cache = KVCache()
+        cache = self.engine.new_cache()
         stats = {m: np.zeros((B, L, 3), dtype=np.int64) for m in (False, True)}
         for start in range(0, L, chunk):
             end = min(L, start + chunk)
@@ -145,7 +146,7 @@ class LLMCodec:
         vocab = self.model.cfg.vocab
         mixers = [(Mixer(len(g), version, vocab), g) for g, version in groups]
         active = list(decoders)
-        cache = KVCache()
+        cache = self.engine.new_cache()
         cur = torch.full((len(active), 1), self.bos, dtype=torch.int64)
         while active:
             freqs = self.engine.freqs(self.engine.step(cur, cache)[:, 0]).cpu().numpy()

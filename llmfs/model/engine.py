@@ -434,6 +434,10 @@ class Engine:
         return requant(self._mm(h, lw.w2), lw.w2_m)
 
     # -- public API ------------------------------------------------------
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for :meth:`step`."""
+        return KVCache()
+
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Advance a batch by ``n`` tokens; returns int64 logits [B, n, V] in units 1/ZV nat.
 
