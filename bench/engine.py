@@ -3,14 +3,16 @@
 For the first 64 KiB of each file (default: dickens, enwik6, xml of
 ../shared/corpus), with the default model: encode KB/s (chunked forward +
 range coder) and decode KB/s of that one block (its segments as one batch),
-once with int8 matmuls as integer matmuls (where the engine's probe allows)
-and once with the exact float32 path.  Both paths must give the same
-payload; the script checks it.  Not a test.
+with the native C core (``llmfs/model/_core.c``, its fastest SIMD path and
+the portable one), and with the torch engine: int8 matmuls as integer
+matmuls (where the engine's probe allows) and the exact float32 path.  Every
+path must give the same payload; the script checks it.  Not a test.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from safetensors.torch import load
 from llmfs.bench import corpus_files, read_sample
 from llmfs.codec.llm import LLMCodec
 from llmfs.model.engine import Engine, int8_mm_exact
+from llmfs.model import native
 from llmfs.model.modelfile import LanguageModel
 
 BLOCK = 65536
@@ -45,9 +48,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = LanguageModel.load()
-    paths = [("int8 matmul", model)] if int8_mm_exact() else []
-    paths.append(("float32 matmul", dataclasses.replace(
-        model, engine=Engine(model.cfg, load(model.data), int8=False))))
+    fast = native.simd()
+    paths = [(f"native core ({fast})", model, "native", fast)]
+    if fast != "portable":
+        paths.append(("native core (portable)", model, "native", "portable"))
+    if int8_mm_exact():
+        paths.append(("torch, int8 matmul", model, "torch", None))
+    paths.append(("torch, float32 matmul", dataclasses.replace(
+        model, engine=Engine(model.cfg, load(model.data), int8=False)), "torch", None))
     print(f"model {model.id.hex()[:16]}; first {BLOCK} bytes; {args.threads} thread(s); "
           f"torch._int_mm exact here: {int8_mm_exact()}")
     print("| file | engine path | encode KB/s | decode KB/s (one block) |")
@@ -56,14 +64,17 @@ def main() -> None:
                                if p.name.split(".")[0] in ("dickens", "enwik6", "xml")]:
         data = read_sample(path, BLOCK)
         payloads = set()
-        for name, lm in paths:
+        for name, lm, engine, simd in paths:
+            os.environ["LLMFS_ENGINE"] = engine
+            if simd:
+                native.simd(simd)
             codec = LLMCodec(lm)
             codec.encode(data[:4096])   # warm-up
             payload, enc, dec = measure(codec, data)
             payloads.add(payload)
             print(f"| {path.name.split('.')[0]} | {name} | {enc:.1f} | {dec:.1f} |", flush=True)
         if len(payloads) != 1:
-            raise SystemExit("the two engine paths gave different payloads")
+            raise SystemExit("the engine paths gave different payloads")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
     old_llm: list[bytes] = []
     for k, f in frames.items():
         head = None if f is None else Frame.unpack(f)
-        if head is None or (head.codec == Codec.LLM and not wanted(head, upgrade)):
+        if head is None:
+            stats["gone"] += 1         # deleted or overwritten before the round read it
+        elif head.codec == Codec.LLM and not wanted(head, upgrade):
             stats["skipped"] += 1
         elif head.codec == Codec.LLM:
             old_llm.append(k)

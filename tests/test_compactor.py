@@ -101,7 +101,9 @@ def test_compactor_racing_unlink_truncate_and_overwrite_mid_round(tmp_path):
         m.path("c").write_bytes(b"new content " * 100)
         assert live(m)["compact_busy"] == 1                # all of it inside the round
         wait_for(lambda: live(m).get("compact_rounds", 0) >= 1)
-        assert live(m)["compact_gone"] == 6
+        # a's and c's blocks and b's second are gone by the swap; b's first is gone once
+        # the truncated block, buffered, is flushed (before or after the swap)
+        assert live(m)["compact_gone"] >= 5, live(m)
         assert sorted(os.listdir(m.mnt)) == ["b", "c"]
         assert m.path("b").read_bytes() == files["b"][:100]
         assert m.path("c").read_bytes() == b"new content " * 100

@@ -53,6 +53,40 @@ def test_adversarial_tokens_and_logits(model):
     assert torch.equal(eng.freqs(logits), model.engine.freqs(logits))
 
 
+def test_every_simd_path_gives_the_portable_integers(model):
+    """The AVX2 matmul (where the CPU has it) against the portable C, on
+    random tokens and on runs that drive activations to the int8 clamps."""
+    from llmfs.model import _core
+
+    fast = _core.simd()
+    g = torch.Generator().manual_seed(11)
+    cases = [torch.randint(0, model.cfg.vocab, (3, 280), generator=g),
+             torch.full((2, 280), model.cfg.vocab - 1)]
+    eng = native.NativeEngine(model.engine)
+    try:
+        got = {}
+        for path in dict.fromkeys(["portable", fast]):
+            _core.simd(path)
+            got[path] = [native_tables(eng, t, 280) for t in cases]
+        for tabs in got.values():
+            for t, tab in zip(cases, tabs):
+                assert torch.equal(tab, tables(model.engine, t, 280))
+    finally:
+        _core.simd(fast)
+    with pytest.raises(ValueError, match="not available"):
+        _core.simd("neon")
+
+
+def test_bad_input_is_an_error_not_a_crash(model):
+    eng = native.NativeEngine(model.engine)
+    cache = eng.new_cache()
+    for bad in (torch.tensor([[model.cfg.vocab]]), torch.tensor([[-1]])):
+        with pytest.raises(ValueError, match="token id out of range"):
+            eng.step(bad, cache)
+    with pytest.raises(ValueError):
+        cache.core.step(b"\0" * 8, 2, bytearray(16))       # sizes that do not match
+
+
 def test_select_keeps_the_right_streams(model):
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, model.cfg.vocab, (4, 40), generator=g)

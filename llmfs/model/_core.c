@@ -29,24 +29,129 @@
 
 /* -- exact integer kernels ------------------------------------------------ */
 
-SIMD_CLONES
-static void matvec_i8(const int8_t *x, const int8_t *w, int K, int N, int32_t *out)
+/* Weights are packed for the matmul as [N/64][K/2][64][2] int16 (zero
+ * padded): a block of 64 outputs walks the inner dimension in pairs, which
+ * is what AVX2's vpmaddwd multiplies and adds (two int16 products into one
+ * int32 lane).  Both paths below compute the same exact int32 sums. */
+#define NBLK 64
+
+static size_t packed_size(int N, int K)
 {
-    /* out[n] = sum_k x[k] * w[n*K + k]: |sum| <= 127 * 127 * K < 2**31 */
-    for (int n = 0; n < N; n++) {
-        const int8_t *row = w + (size_t)n * K;
-        int32_t acc = 0;
-        for (int k = 0; k < K; k++)
-            acc += (int32_t)x[k] * (int32_t)row[k];
-        out[n] = acc;
+    return (size_t)((N + NBLK - 1) / NBLK) * NBLK * (size_t)((K + 1) / 2) * 2;
+}
+
+static void pack(const int8_t *src, int N, int K, int16_t *dst)
+{
+    /* [N][K] int8 rows (as the engine stores them) -> the packed layout */
+    int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
+    for (int nb = 0; nb < NB; nb++)
+        for (int k2 = 0; k2 < K2; k2++)
+            for (int j = 0; j < NBLK; j++)
+                for (int t = 0; t < 2; t++) {
+                    int n = nb * NBLK + j, k = 2 * k2 + t;
+                    dst[(((size_t)nb * K2 + k2) * NBLK + j) * 2 + t] =
+                        (n < N && k < K) ? src[(size_t)n * K + k] : 0;
+                }
+}
+
+static void matmul_portable(const int16_t *x, int B, const int16_t *w, int K, int N,
+                            int32_t *out)
+{
+    /* out[b][n] = sum_k x[b][k] * w[n][k]: |sum| <= 127 * 127 * K < 2**31 */
+    int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
+    for (int nb = 0; nb < NB; nb++)
+        for (int b = 0; b < B; b++) {
+            int32_t acc[NBLK] = {0};
+            const int16_t *xb = x + (size_t)b * K;
+            for (int k2 = 0; k2 < K2; k2++) {
+                int32_t x0 = xb[2 * k2], x1 = 2 * k2 + 1 < K ? xb[2 * k2 + 1] : 0;
+                const int16_t *wp = w + ((size_t)nb * K2 + k2) * NBLK * 2;
+                for (int j = 0; j < NBLK; j++)
+                    acc[j] += x0 * wp[2 * j] + x1 * wp[2 * j + 1];
+            }
+            for (int j = 0; j < NBLK && nb * NBLK + j < N; j++)
+                out[(size_t)b * N + nb * NBLK + j] = acc[j];
+        }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+
+__attribute__((target("avx2")))
+static void matmul_avx2(const int16_t *x, int B, const int16_t *w, int K, int N, int32_t *out)
+{
+    int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
+    for (int nb = 0; nb < NB; nb++)
+        for (int b = 0; b < B; b++) {
+            __m256i acc[NBLK / 8];
+            for (int j = 0; j < NBLK / 8; j++)
+                acc[j] = _mm256_setzero_si256();
+            const int16_t *xb = x + (size_t)b * K;
+            for (int k2 = 0; k2 < K2; k2++) {
+                int32_t x0 = xb[2 * k2], x1 = 2 * k2 + 1 < K ? xb[2 * k2 + 1] : 0;
+                __m256i xv = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)x1 << 16)
+                                                         | (uint16_t)x0));
+                const __m256i *wp = (const __m256i *)(w + ((size_t)nb * K2 + k2) * NBLK * 2);
+                for (int j = 0; j < NBLK / 8; j++)
+                    acc[j] = _mm256_add_epi32(acc[j],
+                                              _mm256_madd_epi16(_mm256_loadu_si256(wp + j), xv));
+            }
+            int32_t tmp[NBLK];
+            for (int j = 0; j < NBLK / 8; j++)
+                _mm256_storeu_si256((__m256i *)(tmp + 8 * j), acc[j]);
+            for (int j = 0; j < NBLK && nb * NBLK + j < N; j++)
+                out[(size_t)b * N + nb * NBLK + j] = tmp[j];
+        }
+}
+#endif
+
+typedef void (*matmul_fn)(const int16_t *, int, const int16_t *, int, int, int32_t *);
+static matmul_fn matmul = matmul_portable;
+static const char *simd_path = "portable";
+
+static int use_simd(const char *name)
+{
+    if (!strcmp(name, "portable")) {
+        matmul = matmul_portable;
+        simd_path = "portable";
+        return 0;
+    }
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2")) {
+        matmul = matmul_avx2;
+        simd_path = "avx2";
+        return 0;
+    }
+#endif
+    return -1;
+}
+
+SIMD_CLONES
+static void scores(const int8_t *q, const int8_t *kt, int hd, int W, int32_t *z)
+{
+    /* z[s] = sum_c q[c] * kt[c][s] over every ring slot s (keys transposed) */
+    memset(z, 0, (size_t)W * sizeof(int32_t));
+    for (int c = 0; c < hd; c++) {
+        int32_t qc = q[c];
+        const int8_t *row = kt + (size_t)c * W;
+        for (int s = 0; s < W; s++)
+            z[s] += qc * row[s];
     }
 }
 
 SIMD_CLONES
-static void axpy_i64(int64_t e, const int8_t *v, int n, int64_t *acc)
+static int64_t weigh(const int16_t *ehi, const int16_t *elo, const int8_t *vt, int W)
 {
-    for (int c = 0; c < n; c++)
-        acc[c] += e * (int64_t)v[c];
+    /* sum_s e[s] * v[s] with e = 256 hi + lo split so both sums stay in
+     * int32: |sum| <= W * 256 * 127 < 2**31 for W <= 65536 */
+    int32_t hi = 0, lo = 0;
+    for (int s = 0; s < W; s++) {
+        hi += (int32_t)ehi[s] * vt[s];
+        lo += (int32_t)elo[s] * vt[s];
+    }
+    return ((int64_t)hi << 8) + lo;
 }
 
 static inline int64_t requant(int64_t acc, int64_t m)
@@ -78,12 +183,14 @@ typedef struct {
     int d, H, KV, hd, ff, V, L, W, gelu_n, n_exp_attn, n_exp_vocab;
     int64_t eps, total;
     PyObject *keep;            /* the bytes objects the pointers below point into */
+    int16_t *w16;              /* all weights, packed (see pack) as int16 (owned) */
     const int64_t *emb;        /* [V, d] */
-    const int8_t *head;        /* [V, d] */
+    const int16_t *head;       /* packed [V][d] */
     const int64_t *head_m, *norm_f, *exp_vocab, *exp_attn;
     const int32_t *alibi;      /* [H, W] ALiBi bias by distance */
     /* per layer, arrays of L pointers */
-    const int8_t **wqkv, **wo, **w1, **w2, **gelu;
+    const int16_t **wqkv, **wo, **w1, **w2;   /* packed */
+    const int8_t **gelu;
     const int64_t **qkv_m, **wo_m, **w1_m, **w2_m, **norm1, **norm2;
     const int32_t **shift;     /* [H] attention score shifts */
 } Model;
@@ -107,6 +214,7 @@ static void Model_dealloc(Model *self)
 {
     Py_XDECREF(self->keep);
     PyMem_Free(self->wqkv);
+    PyMem_Free(self->w16);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -132,7 +240,7 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     int d = self->d, H = self->H, KV = self->KV, hd = self->hd, ff = self->ff, V = self->V;
     int L = self->L, G = 2 * self->gelu_n + 1, qkv = (H + 2 * KV) * hd;
     if (d <= 0 || H <= 0 || KV <= 0 || H % KV || hd <= 0 || H * hd != d || ff <= 0 || V <= 0
-            || L <= 0 || self->W <= 0 || d > 4096 || ff > 65536) {
+            || L <= 0 || self->W <= 0 || self->W > 65536 || d > 4096 || ff > 65536) {
         PyErr_SetString(PyExc_ValueError, "implausible model dimensions");
         return -1;
     }
@@ -150,9 +258,19 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     self->norm2 = self->norm1 + L; self->shift = (const int32_t **)(self->norm2 + L);
     Py_INCREF(bufs);
     self->keep = bufs;
+    size_t total16 = packed_size(V, d) + (size_t)L * (packed_size(qkv, d) + packed_size(d, d)
+                                                      + packed_size(ff, d) + packed_size(d, ff));
+    self->w16 = PyMem_Malloc(total16 * sizeof(int16_t));
+    if (!self->w16) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int16_t *next16 = self->w16;
 #define GET(dst, i, n) if (!((dst) = buf_ptr(bufs, (i), (Py_ssize_t)(n)))) return -1
+#define GETW(dst, i, N, K) do { const int8_t *src; GET(src, (i), (size_t)(N) * (K)); \
+        (dst) = next16; pack(src, (N), (K), next16); next16 += packed_size((N), (K)); } while (0)
     GET(self->emb, 0, (size_t)V * d * 8);
-    GET(self->head, 1, (size_t)V * d);
+    GETW(self->head, 1, V, d);
     GET(self->head_m, 2, (size_t)V * 8);
     GET(self->norm_f, 3, (size_t)d * 8);
     GET(self->exp_vocab, 4, (size_t)self->n_exp_vocab * 8);
@@ -160,19 +278,20 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     GET(self->alibi, 6, (size_t)H * self->W * 4);
     for (int l = 0; l < L; l++) {
         int b = 7 + 12 * l;
-        GET(self->wqkv[l], b, (size_t)qkv * d);
+        GETW(self->wqkv[l], b, qkv, d);
         GET(self->qkv_m[l], b + 1, (size_t)qkv * 8);
-        GET(self->wo[l], b + 2, (size_t)d * d);
+        GETW(self->wo[l], b + 2, d, d);
         GET(self->wo_m[l], b + 3, (size_t)d * 8);
-        GET(self->w1[l], b + 4, (size_t)ff * d);
+        GETW(self->w1[l], b + 4, ff, d);
         GET(self->w1_m[l], b + 5, (size_t)ff * 8);
-        GET(self->w2[l], b + 6, (size_t)d * ff);
+        GETW(self->w2[l], b + 6, d, ff);
         GET(self->w2_m[l], b + 7, (size_t)d * 8);
         GET(self->gelu[l], b + 8, (size_t)ff * G);
         GET(self->norm1[l], b + 9, (size_t)d * 8);
         GET(self->norm2[l], b + 10, (size_t)d * 8);
         GET(self->shift[l], b + 11, (size_t)H * 4);
     }
+#undef GETW
 #undef GET
     return 0;
 }
@@ -184,7 +303,7 @@ typedef struct {
     Model *model;
     int B;
     int64_t fill;              /* positions seen (shared by the batch, as KVCache.fill) */
-    int8_t *k, *v;             /* [L][B][W][KV*hd] */
+    int8_t *k, *v;             /* [L][B][KV][hd][W]: transposed rings of W positions */
 } Cache;
 
 static void Cache_dealloc(Cache *self)
@@ -221,7 +340,7 @@ static int Cache_init(Cache *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
-static void norm(const Model *m, const int64_t *x, const int64_t *gain2, int8_t *y)
+static void norm(const Model *m, const int64_t *x, const int64_t *gain2, int16_t *y)
 {
     /* engine._norm: floor((x * gain2 + den) / 2den), den = isqrt(ss/d + eps) << 16 */
     int d = m->d;
@@ -234,74 +353,119 @@ static void norm(const Model *m, const int64_t *x, const int64_t *gain2, int8_t 
         y[i] = clamp8(floordiv(x[i] * gain2[i] + den, den << 1));
 }
 
-/* One position of one stream: x [d] in, logits [V] out. */
-static void forward(const Model *m, Cache *c, int b, int64_t pos, int token, int64_t *logits,
-                    int8_t *y, int32_t *acc, int64_t *x, int8_t *a, int64_t *num)
+typedef struct {           /* per-step scratch for a batch of B streams */
+    int64_t *x;            /* [B][d] residual */
+    int16_t *y;            /* [B][max(d, ff)] int8-valued matmul inputs */
+    int32_t *acc;          /* [B][max(qkv, ff, V)] matmul sums */
+    int8_t *qkv;           /* [B][qkv] */
+    int16_t *a;            /* [B][d] attention outputs */
+    int32_t *dots;         /* [W] q.k of every ring slot */
+    int64_t *z;            /* [W] attention logits of the visible keys */
+    int16_t *ehi, *elo;    /* [W] their exp weights, split as 256 hi + lo */
+} Scratch;
+
+static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const int8_t *qkv,
+                      int16_t *a, Scratch *S)
 {
-    int d = m->d, H = m->H, KV = m->KV, hd = m->hd, ff = m->ff, W = m->W;
-    int G = 2 * m->gelu_n + 1, group = H / KV, qkvn = (H + 2 * KV) * hd;
+    int H = m->H, KV = m->KV, hd = m->hd, W = m->W, group = H / KV;
     int64_t first = pos - W + 1 < 0 ? 0 : pos - W + 1;
-    memcpy(x, m->emb + (size_t)token * d, (size_t)d * 8);
-    int8_t *qkv = a + d;   /* scratch after the attention output */
-    for (int l = 0; l < m->L; l++) {
-        norm(m, x, m->norm1[l], y);
-        matvec_i8(y, m->wqkv[l], d, qkvn, acc);
-        for (int i = 0; i < qkvn; i++)
-            qkv[i] = clamp8(requant(acc[i], m->qkv_m[l][i]));
-        size_t row = (((size_t)l * c->B + b) * W) * KV * hd;
-        int8_t *kc = c->k + row, *vc = c->v + row;
-        memcpy(kc + (size_t)(pos % W) * KV * hd, qkv + H * hd, (size_t)KV * hd);
-        memcpy(vc + (size_t)(pos % W) * KV * hd, qkv + (H + KV) * hd, (size_t)KV * hd);
-        int nk = (int)(pos - first + 1);
-        for (int h = 0; h < H; h++) {
-            const int8_t *q = qkv + h * hd;
-            int kv = h / group, sh = m->shift[l][h];
-            const int32_t *bias = m->alibi + (size_t)h * W;
-            int64_t zmax = INT64_MIN;
-            int64_t *z = num + hd;   /* scratch: nk logits */
-            for (int j = 0; j < nk; j++) {
-                int64_t p = first + j;
-                int32_t dot;
-                matvec_i8(q, kc + (size_t)(p % W) * KV * hd + kv * hd, hd, 1, &dot);
-                int64_t zz = (((int64_t)dot + ((int64_t)1 << (sh - 1))) >> sh) - bias[pos - p];
-                z[j] = zz;
-                if (zz > zmax)
-                    zmax = zz;
-            }
-            int64_t s = 0;
-            memset(num, 0, (size_t)hd * 8);
-            for (int j = 0; j < nk; j++) {
-                int64_t gap = zmax - z[j];
-                if (gap > m->n_exp_attn - 1)
-                    gap = m->n_exp_attn - 1;
-                int64_t e = m->exp_attn[gap];
-                s += e;
-                if (e)
-                    axpy_i64(e, vc + (size_t)((first + j) % W) * KV * hd + kv * hd, hd, num);
-            }
-            int64_t inv = ((int64_t)1 << RECIP) / s;
-            for (int i = 0; i < hd; i++)
-                a[h * hd + i] = (int8_t)((num[i] * inv + ((int64_t)1 << (RECIP - 1))) >> RECIP);
-        }
-        matvec_i8(a, m->wo[l], d, d, acc);
-        for (int i = 0; i < d; i++)
-            x[i] += requant(acc[i], m->wo_m[l][i]);
-        norm(m, x, m->norm2[l], y);
-        matvec_i8(y, m->w1[l], d, ff, acc);
-        int8_t *h8 = qkv;   /* [ff] GELU outputs (qkv is done with) */
-        for (int i = 0; i < ff; i++) {
-            int64_t idx = requant(acc[i], m->w1_m[l][i]);
-            idx = (idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx) + m->gelu_n;
-            h8[i] = m->gelu[l][(size_t)i * G + idx];
-        }
-        matvec_i8(h8, m->w2[l], ff, d, acc);
-        for (int i = 0; i < d; i++)
-            x[i] += requant(acc[i], m->w2_m[l][i]);
+    int slot = (int)(pos % W), nk = (int)(pos - first + 1);
+    size_t head = (size_t)hd * W;
+    size_t row = ((size_t)l * c->B + b) * KV * head;
+    int8_t *kc = c->k + row, *vc = c->v + row;
+    for (int i = 0; i < KV * hd; i++) {     /* the new key and value into their slot */
+        kc[(size_t)i * W + slot] = qkv[H * hd + i];
+        vc[(size_t)i * W + slot] = qkv[(H + KV) * hd + i];
     }
-    norm(m, x, m->norm_f, y);
-    matvec_i8(y, m->head, d, m->V, acc);
-    for (int i = 0; i < m->V; i++)
-        logits[i] = requant(acc[i], m->head_m[i]);
+    for (int h = 0; h < H; h++) {
+        const int8_t *kt = kc + (h / group) * head, *vt = vc + (h / group) * head;
+        int sh = m->shift[l][h];
+        const int32_t *bias = m->alibi + (size_t)h * W;
+        scores(qkv + h * hd, kt, hd, W, S->dots);
+        int64_t zmax = INT64_MIN;
+        for (int j = 0; j < nk; j++) {
+            int64_t p = first + j;
+            int64_t zz = (((int64_t)S->dots[p % W] + ((int64_t)1 << (sh - 1))) >> sh)
+                         - bias[pos - p];
+            S->z[j] = zz;
+            if (zz > zmax)
+                zmax = zz;
+        }
+        int64_t s = 0;
+        memset(S->ehi, 0, (size_t)W * sizeof(int16_t));
+        memset(S->elo, 0, (size_t)W * sizeof(int16_t));
+        for (int j = 0; j < nk; j++) {
+            int64_t gap = zmax - S->z[j];
+            if (gap > m->n_exp_attn - 1)
+                gap = m->n_exp_attn - 1;
+            int64_t e = m->exp_attn[gap];
+            int at = (int)((first + j) % W);
+            s += e;
+            S->ehi[at] = (int16_t)(e >> 8);
+            S->elo[at] = (int16_t)(e & 255);
+        }
+        int64_t inv = ((int64_t)1 << RECIP) / s;
+        for (int i = 0; i < hd; i++) {
+            int64_t num = weigh(S->ehi, S->elo, vt + (size_t)i * W, W);
+            a[h * hd + i] = (int16_t)((num * inv + ((int64_t)1 << (RECIP - 1))) >> RECIP);
+        }
+    }
+}
+
+/* One position of every stream: tokens[b * tstride] in, logits[b * lstride] out. */
+static void forward(const Model *m, Cache *c, int64_t pos, const int64_t *tokens,
+                    size_t tstride, int64_t *logits, size_t lstride, Scratch *S)
+{
+    int B = c->B, d = m->d, ff = m->ff, G = 2 * m->gelu_n + 1, qkvn = (m->H + 2 * m->KV) * m->hd;
+    for (int b = 0; b < B; b++)
+        memcpy(S->x + (size_t)b * d, m->emb + (size_t)tokens[b * tstride] * d, (size_t)d * 8);
+    for (int l = 0; l < m->L; l++) {
+        for (int b = 0; b < B; b++)
+            norm(m, S->x + (size_t)b * d, m->norm1[l], S->y + (size_t)b * d);
+        matmul(S->y, B, m->wqkv[l], d, qkvn, S->acc);
+        for (int b = 0; b < B; b++) {
+            int8_t *q = S->qkv + (size_t)b * qkvn;
+            const int32_t *ac = S->acc + (size_t)b * qkvn;
+            for (int i = 0; i < qkvn; i++)
+                q[i] = clamp8(requant(ac[i], m->qkv_m[l][i]));
+            attention(m, c, l, b, pos, q, S->a + (size_t)b * d, S);
+        }
+        matmul(S->a, B, m->wo[l], d, d, S->acc);
+        for (int b = 0; b < B; b++) {
+            int64_t *x = S->x + (size_t)b * d;
+            const int32_t *ac = S->acc + (size_t)b * d;
+            for (int i = 0; i < d; i++)
+                x[i] += requant(ac[i], m->wo_m[l][i]);
+            norm(m, x, m->norm2[l], S->y + (size_t)b * d);
+        }
+        matmul(S->y, B, m->w1[l], d, ff, S->acc);
+        for (int b = 0; b < B; b++) {
+            const int32_t *ac = S->acc + (size_t)b * ff;
+            int16_t *h = S->y + (size_t)b * ff;    /* GELU outputs: inputs of w2 */
+            for (int i = 0; i < ff; i++) {
+                int64_t idx = requant(ac[i], m->w1_m[l][i]);
+                idx = (idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx)
+                      + m->gelu_n;
+                h[i] = m->gelu[l][(size_t)i * G + idx];
+            }
+        }
+        matmul(S->y, B, m->w2[l], ff, d, S->acc);
+        for (int b = 0; b < B; b++) {
+            int64_t *x = S->x + (size_t)b * d;
+            const int32_t *ac = S->acc + (size_t)b * d;
+            for (int i = 0; i < d; i++)
+                x[i] += requant(ac[i], m->w2_m[l][i]);
+        }
+    }
+    for (int b = 0; b < B; b++)
+        norm(m, S->x + (size_t)b * d, m->norm_f, S->y + (size_t)b * d);
+    matmul(S->y, B, m->head, d, m->V, S->acc);
+    for (int b = 0; b < B; b++) {
+        const int32_t *ac = S->acc + (size_t)b * m->V;
+        int64_t *o = logits + b * lstride;
+        for (int i = 0; i < m->V; i++)
+            o[i] = requant(ac[i], m->head_m[i]);
+    }
 }
 
 static PyObject *Cache_step(Cache *self, PyObject *args)
@@ -324,33 +488,44 @@ static PyObject *Cache_step(Cache *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "token id out of range");
             goto done;
         }
-    size_t big = (size_t)(m->ff > m->V ? m->ff : m->V);
     size_t qkvn = (size_t)(m->H + 2 * m->KV) * m->hd;
-    int8_t *y = PyMem_Malloc((size_t)m->d);
-    int32_t *acc = PyMem_Malloc((big > qkvn ? big : qkvn) * 4);
-    int64_t *x = PyMem_Malloc((size_t)m->d * 8);
-    int8_t *a = PyMem_Malloc((size_t)m->d + (qkvn > (size_t)m->ff ? qkvn : (size_t)m->ff));
-    int64_t *num = PyMem_Malloc(((size_t)m->hd + m->W) * 8);
-    if (!y || !acc || !x || !a || !num) {
+    size_t yw = (size_t)(m->d > m->ff ? m->d : m->ff);
+    size_t aw = qkvn > (size_t)m->ff ? qkvn : (size_t)m->ff;
+    if ((size_t)m->V > aw)
+        aw = (size_t)m->V;
+    Scratch S;
+    S.x = PyMem_Malloc((size_t)B * m->d * 8);
+    S.y = PyMem_Malloc((size_t)B * yw * 2);
+    S.acc = PyMem_Malloc((size_t)B * aw * 4);
+    S.qkv = PyMem_Malloc((size_t)B * qkvn);
+    S.a = PyMem_Malloc((size_t)B * m->d * 2);
+    S.dots = PyMem_Malloc((size_t)m->W * 4);
+    S.z = PyMem_Malloc((size_t)m->W * 8);
+    S.ehi = PyMem_Malloc((size_t)m->W * 2);
+    S.elo = PyMem_Malloc((size_t)m->W * 2);
+    if (!S.x || !S.y || !S.acc || !S.qkv || !S.a || !S.dots || !S.z || !S.ehi || !S.elo) {
         PyErr_NoMemory();
     } else {
         int64_t *o = out.buf;
         int64_t fill = self->fill;
         Py_BEGIN_ALLOW_THREADS
         for (int j = 0; j < n; j++)
-            for (int b = 0; b < B; b++)
-                forward(m, self, b, fill + j, (int)t[(size_t)b * n + j],
-                        o + ((size_t)b * n + j) * m->V, y, acc, x, a, num);
+            forward(m, self, fill + j, t + j, (size_t)n, o + (size_t)j * m->V,
+                    (size_t)n * m->V, &S);
         Py_END_ALLOW_THREADS
         self->fill = fill + n;
         ret = Py_None;
         Py_INCREF(ret);
     }
-    PyMem_Free(y);
-    PyMem_Free(acc);
-    PyMem_Free(x);
-    PyMem_Free(a);
-    PyMem_Free(num);
+    PyMem_Free(S.x);
+    PyMem_Free(S.y);
+    PyMem_Free(S.acc);
+    PyMem_Free(S.qkv);
+    PyMem_Free(S.a);
+    PyMem_Free(S.dots);
+    PyMem_Free(S.z);
+    PyMem_Free(S.ehi);
+    PyMem_Free(S.elo);
 done:
     PyBuffer_Release(&tok);
     PyBuffer_Release(&out);
@@ -443,15 +618,18 @@ static PyObject *Model_freqs(Model *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *core_simd(PyObject *mod, PyObject *noargs)
+static PyObject *core_simd(PyObject *mod, PyObject *args)
 {
-    /* which clone the dynamic loader picked for this CPU */
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
-    __builtin_cpu_init();
-    return PyUnicode_FromString(__builtin_cpu_supports("avx2") ? "avx2" : "portable");
-#else
-    return PyUnicode_FromString("portable");
-#endif
+    /* simd() -> the path in use; simd(name) switches to "avx2" or "portable"
+     * (for tests and comparison: every path gives the same integers) */
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|s", &name))
+        return NULL;
+    if (name && use_simd(name) < 0) {
+        PyErr_Format(PyExc_ValueError, "SIMD path %s is not available on this CPU", name);
+        return NULL;
+    }
+    return PyUnicode_FromString(simd_path);
 }
 
 static PyMethodDef Model_methods[] = {
@@ -495,7 +673,7 @@ static PyTypeObject CacheType = {
 };
 
 static PyMethodDef core_methods[] = {
-    {"simd", core_simd, METH_NOARGS, "The SIMD path this CPU runs."},
+    {"simd", core_simd, METH_VARARGS, "The SIMD path in use; simd(name) switches."},
     {NULL}
 };
 
@@ -507,6 +685,7 @@ PyMODINIT_FUNC PyInit__core(void)
 {
     if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&CacheType) < 0)
         return NULL;
+    use_simd("avx2");    /* the fastest path this CPU has; else stays portable */
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;

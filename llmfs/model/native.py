@@ -41,9 +41,12 @@ def available() -> bool:
     return _core is not None
 
 
-def simd() -> str:
-    """The SIMD path the core runs on this CPU ("avx2" or "portable")."""
-    return _core.simd() if _core is not None else "none"
+def simd(path: str | None = None) -> str:
+    """The SIMD path the core runs ("avx2" or "portable"); *path* switches
+    to another (every path gives the same integers)."""
+    if _core is None:
+        return "none"
+    return _core.simd(path) if path else _core.simd()
 
 
 def choose(engine: Engine) -> Engine | NativeEngine:
