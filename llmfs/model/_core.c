@@ -240,7 +240,8 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     int d = self->d, H = self->H, KV = self->KV, hd = self->hd, ff = self->ff, V = self->V;
     int L = self->L, G = 2 * self->gelu_n + 1, qkv = (H + 2 * KV) * hd;
     if (d <= 0 || H <= 0 || KV <= 0 || H % KV || hd <= 0 || H * hd != d || ff <= 0 || V <= 0
-            || L <= 0 || self->W <= 0 || self->W > 65536 || d > 4096 || ff > 65536) {
+            || L <= 0 || self->W <= 0 || self->W > 65536 || d > 4096 || ff > 65536
+            || self->gelu_n < 0 || self->n_exp_attn <= 0 || self->n_exp_vocab <= 0) {
         PyErr_SetString(PyExc_ValueError, "implausible model dimensions");
         return -1;
     }
@@ -293,6 +294,17 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     }
 #undef GETW
 #undef GET
+    /* the largest weight of a row is table[0]: it must be positive, or a sum divides by 0 */
+    if (self->exp_attn[0] <= 0 || self->exp_vocab[0] <= 0) {
+        PyErr_SetString(PyExc_ValueError, "exp tables must start positive");
+        return -1;
+    }
+    for (int l = 0; l < L; l++)
+        for (int h = 0; h < H; h++)
+            if (self->shift[l][h] < 1 || self->shift[l][h] > 30) {
+                PyErr_SetString(PyExc_ValueError, "attention score shift out of range");
+                return -1;
+            }
     return 0;
 }
 
