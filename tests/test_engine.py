@@ -150,3 +150,18 @@ def test_requant_wide_matches_big_integer_rounding():
     for a, m, g in zip(acc, mult, got):
         exact = a * m / 2 ** (SHIFT + 20)
         assert abs(g - exact) <= 1, (a, m, g, exact)
+
+
+def test_a_missing_native_core_is_named_in_one_line(model, monkeypatch, caplog):
+    """Without the C core the codec runs the torch engine and says why;
+    LLMFS_ENGINE=native makes that an error naming what to install."""
+    from llmfs.codec.llm import LLMCodec
+    from llmfs.model import native
+
+    monkeypatch.setattr(native, "_core", None)
+    monkeypatch.setattr(native, "_why", "No module named 'llmfs.model._core'", raising=False)
+    assert LLMCodec(model).engine is model.engine
+    assert "native core not built" in caplog.text and "gcc" in caplog.text
+    monkeypatch.setenv("LLMFS_ENGINE", "native")
+    with pytest.raises(RuntimeError, match="apt install gcc"):
+        LLMCodec(model)
