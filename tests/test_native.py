@@ -54,23 +54,24 @@ def test_adversarial_tokens_and_logits(model):
 
 
 def test_every_simd_path_gives_the_portable_integers(model):
-    """The AVX2 matmul (where the CPU has it) against the portable C, on
-    random tokens and on runs that drive activations to the int8 clamps."""
+    """Every matmul path the CPU has (AVX-512 VNNI, AVX2) and the portable C
+    give the torch engine's tables, on random tokens and on runs that drive
+    activations to the int8 clamps."""
     from llmfs.model import _core
 
     fast = _core.simd()
+    paths = _core.simd_paths()
+    assert paths[0] == fast and paths[-1] == "portable"
     g = torch.Generator().manual_seed(11)
     cases = [torch.randint(0, model.cfg.vocab, (3, 280), generator=g),
              torch.full((2, 280), model.cfg.vocab - 1)]
+    want = [tables(model.engine, t, 280) for t in cases]
     eng = native.NativeEngine(model.engine)
     try:
-        got = {}
-        for path in dict.fromkeys(["portable", fast]):
-            _core.simd(path)
-            got[path] = [native_tables(eng, t, 280) for t in cases]
-        for tabs in got.values():
-            for t, tab in zip(cases, tabs):
-                assert torch.equal(tab, tables(model.engine, t, 280))
+        for path in paths:
+            assert _core.simd(path) == path
+            for t, tab in zip(cases, want):
+                assert torch.equal(native_tables(eng, t, 280), tab), path
     finally:
         _core.simd(fast)
     with pytest.raises(ValueError, match="not available"):

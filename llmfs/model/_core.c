@@ -104,6 +104,35 @@ static void matmul_avx2(const int16_t *x, int B, const int16_t *w, int K, int N,
                 out[(size_t)b * N + nb * NBLK + j] = tmp[j];
         }
 }
+
+/* AVX-512 VNNI: vpdpwssd adds the two int16 products of each lane to its
+ * int32 accumulator in one instruction, without saturation (the saturating
+ * form is vpdpwssds, not used); 64 outputs are four zmm accumulators. */
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void matmul_vnni(const int16_t *x, int B, const int16_t *w, int K, int N, int32_t *out)
+{
+    int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
+    for (int nb = 0; nb < NB; nb++)
+        for (int b = 0; b < B; b++) {
+            __m512i acc[NBLK / 16];
+            for (int j = 0; j < NBLK / 16; j++)
+                acc[j] = _mm512_setzero_si512();
+            const int16_t *xb = x + (size_t)b * K;
+            for (int k2 = 0; k2 < K2; k2++) {
+                int32_t x0 = xb[2 * k2], x1 = 2 * k2 + 1 < K ? xb[2 * k2 + 1] : 0;
+                __m512i xv = _mm512_set1_epi32((int32_t)(((uint32_t)(uint16_t)x1 << 16)
+                                                         | (uint16_t)x0));
+                const int16_t *wp = w + ((size_t)nb * K2 + k2) * NBLK * 2;
+                for (int j = 0; j < NBLK / 16; j++)
+                    acc[j] = _mm512_dpwssd_epi32(acc[j], _mm512_loadu_si512(wp + 32 * j), xv);
+            }
+            int32_t tmp[NBLK];
+            for (int j = 0; j < NBLK / 16; j++)
+                _mm512_storeu_si512(tmp + 16 * j, acc[j]);
+            for (int j = 0; j < NBLK && nb * NBLK + j < N; j++)
+                out[(size_t)b * N + nb * NBLK + j] = tmp[j];
+        }
+}
 #endif
 
 typedef void (*matmul_fn)(const int16_t *, int, const int16_t *, int, int, int32_t *);
@@ -124,9 +153,17 @@ static int use_simd(const char *name)
         simd_path = "avx2";
         return 0;
     }
+    if (!strcmp(name, "avx512vnni") && __builtin_cpu_supports("avx512f")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) {
+        matmul = matmul_vnni;
+        simd_path = "avx512vnni";
+        return 0;
+    }
 #endif
     return -1;
 }
+
+static const char *const simd_order[] = {"avx512vnni", "avx2", "portable"};   /* fastest first */
 
 SIMD_CLONES
 static void scores(const int8_t *q, const int8_t *kt, int hd, int W, int32_t *z)
@@ -644,6 +681,22 @@ static PyObject *core_simd(PyObject *mod, PyObject *args)
     return PyUnicode_FromString(simd_path);
 }
 
+static PyObject *core_simd_paths(PyObject *mod, PyObject *noargs)
+{
+    /* every path this CPU can run, fastest first; the current one is kept */
+    const char *current = simd_path;
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; out && i < sizeof simd_order / sizeof *simd_order; i++)
+        if (use_simd(simd_order[i]) == 0) {
+            PyObject *name = PyUnicode_FromString(simd_order[i]);
+            if (!name || PyList_Append(out, name) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(name);
+        }
+    use_simd(current);
+    return out;
+}
+
 static PyMethodDef Model_methods[] = {
     {"freqs", (PyCFunction)Model_freqs, METH_VARARGS, "Integer frequency tables of logits."},
     {NULL}
@@ -686,6 +739,7 @@ static PyTypeObject CacheType = {
 
 static PyMethodDef core_methods[] = {
     {"simd", core_simd, METH_VARARGS, "The SIMD path in use; simd(name) switches."},
+    {"simd_paths", core_simd_paths, METH_NOARGS, "The SIMD paths this CPU can run."},
     {NULL}
 };
 
@@ -697,7 +751,9 @@ PyMODINIT_FUNC PyInit__core(void)
 {
     if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&CacheType) < 0)
         return NULL;
-    use_simd("avx2");    /* the fastest path this CPU has; else stays portable */
+    for (size_t i = 0; i < sizeof simd_order / sizeof *simd_order; i++)
+        if (use_simd(simd_order[i]) == 0)   /* the fastest path this CPU has */
+            break;
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;
