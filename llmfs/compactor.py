@@ -163,8 +163,6 @@ class Compactor:
                     log.info("compactor round abandoned: stopping")
                     return
                 log.exception("compactor round failed; trying again later")
-            finally:
-                self.stats["compact_busy"] = 0
 
     def round(self) -> bool:
         """One batch; False when there was nothing to do or it should pause."""
@@ -189,8 +187,10 @@ class Compactor:
                 return False
         t0 = time.monotonic()
         self.stats["compact_busy"] = 1
-        counts = recompress(self.store, self._codec, keys, self.lock, upgrade)
-        self.stats["compact_busy"] = 0
+        try:
+            counts = recompress(self.store, self._codec, keys, self.lock, upgrade)
+        finally:
+            self.stats["compact_busy"] = 0
         spent = time.monotonic() - t0
         self.stats["compact_rounds"] += 1
         self.stats["compact_tried"] += len(keys)

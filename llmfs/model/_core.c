@@ -54,6 +54,21 @@ static void pack(const int8_t *src, int N, int K, int16_t *dst)
                 }
 }
 
+static inline int32_t xpair(const int16_t *xb, int k2, int K)
+{
+    /* inputs 2 k2 and 2 k2 + 1 of a row as one int32 (low half first, as
+     * vpmaddwd / vpdpwssd pair them with the packed weights); 0 past K */
+    int16_t x0 = xb[2 * k2], x1 = 2 * k2 + 1 < K ? xb[2 * k2 + 1] : 0;
+    return (int32_t)(((uint32_t)(uint16_t)x1 << 16) | (uint16_t)x0);
+}
+
+static inline void put_block(int32_t *out, int b, int N, int nb, const int32_t *acc)
+{
+    /* the sums of outputs nb*64 .. of row b, the padding past N left out */
+    for (int j = 0; j < NBLK && nb * NBLK + j < N; j++)
+        out[(size_t)b * N + nb * NBLK + j] = acc[j];
+}
+
 static void matmul_portable(const int16_t *x, int B, const int16_t *w, int K, int N,
                             int32_t *out)
 {
@@ -64,13 +79,12 @@ static void matmul_portable(const int16_t *x, int B, const int16_t *w, int K, in
             int32_t acc[NBLK] = {0};
             const int16_t *xb = x + (size_t)b * K;
             for (int k2 = 0; k2 < K2; k2++) {
-                int32_t x0 = xb[2 * k2], x1 = 2 * k2 + 1 < K ? xb[2 * k2 + 1] : 0;
+                int32_t xp = xpair(xb, k2, K), x0 = (int16_t)(xp & 0xFFFF), x1 = xp >> 16;
                 const int16_t *wp = w + ((size_t)nb * K2 + k2) * NBLK * 2;
                 for (int j = 0; j < NBLK; j++)
                     acc[j] += x0 * wp[2 * j] + x1 * wp[2 * j + 1];
             }
-            for (int j = 0; j < NBLK && nb * NBLK + j < N; j++)
-                out[(size_t)b * N + nb * NBLK + j] = acc[j];
+            put_block(out, b, N, nb, acc);
         }
 }
 
@@ -89,9 +103,7 @@ static void matmul_avx2(const int16_t *x, int B, const int16_t *w, int K, int N,
                 acc[j] = _mm256_setzero_si256();
             const int16_t *xb = x + (size_t)b * K;
             for (int k2 = 0; k2 < K2; k2++) {
-                int32_t x0 = xb[2 * k2], x1 = 2 * k2 + 1 < K ? xb[2 * k2 + 1] : 0;
-                __m256i xv = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)x1 << 16)
-                                                         | (uint16_t)x0));
+                __m256i xv = _mm256_set1_epi32(xpair(xb, k2, K));
                 const __m256i *wp = (const __m256i *)(w + ((size_t)nb * K2 + k2) * NBLK * 2);
                 for (int j = 0; j < NBLK / 8; j++)
                     acc[j] = _mm256_add_epi32(acc[j],
@@ -100,8 +112,7 @@ static void matmul_avx2(const int16_t *x, int B, const int16_t *w, int K, int N,
             int32_t tmp[NBLK];
             for (int j = 0; j < NBLK / 8; j++)
                 _mm256_storeu_si256((__m256i *)(tmp + 8 * j), acc[j]);
-            for (int j = 0; j < NBLK && nb * NBLK + j < N; j++)
-                out[(size_t)b * N + nb * NBLK + j] = tmp[j];
+            put_block(out, b, N, nb, tmp);
         }
 }
 
@@ -119,9 +130,7 @@ static void matmul_vnni(const int16_t *x, int B, const int16_t *w, int K, int N,
                 acc[j] = _mm512_setzero_si512();
             const int16_t *xb = x + (size_t)b * K;
             for (int k2 = 0; k2 < K2; k2++) {
-                int32_t x0 = xb[2 * k2], x1 = 2 * k2 + 1 < K ? xb[2 * k2 + 1] : 0;
-                __m512i xv = _mm512_set1_epi32((int32_t)(((uint32_t)(uint16_t)x1 << 16)
-                                                         | (uint16_t)x0));
+                __m512i xv = _mm512_set1_epi32(xpair(xb, k2, K));
                 const int16_t *wp = w + ((size_t)nb * K2 + k2) * NBLK * 2;
                 for (int j = 0; j < NBLK / 16; j++)
                     acc[j] = _mm512_dpwssd_epi32(acc[j], _mm512_loadu_si512(wp + 32 * j), xv);
@@ -129,8 +138,7 @@ static void matmul_vnni(const int16_t *x, int B, const int16_t *w, int K, int N,
             int32_t tmp[NBLK];
             for (int j = 0; j < NBLK / 16; j++)
                 _mm512_storeu_si512(tmp + 16 * j, acc[j]);
-            for (int j = 0; j < NBLK && nb * NBLK + j < N; j++)
-                out[(size_t)b * N + nb * NBLK + j] = tmp[j];
+            put_block(out, b, N, nb, tmp);
         }
 }
 #endif
@@ -225,11 +233,12 @@ typedef struct {
     const int16_t *head;       /* packed [V][d] */
     const int64_t *head_m, *norm_f, *exp_vocab, *exp_attn;
     const int32_t *alibi;      /* [H, W] ALiBi bias by distance */
-    /* per layer, arrays of L pointers */
-    const int16_t **wqkv, **wo, **w1, **w2;   /* packed */
-    const int8_t **gelu;
-    const int64_t **qkv_m, **wo_m, **w1_m, **w2_m, **norm1, **norm2;
-    const int32_t **shift;     /* [H] attention score shifts */
+    struct Layer {
+        const int16_t *wqkv, *wo, *w1, *w2;   /* packed (see pack) */
+        const int64_t *qkv_m, *wo_m, *w1_m, *w2_m, *norm1, *norm2;
+        const int8_t *gelu;                   /* [ff][2 gelu_n + 1] */
+        const int32_t *shift;                 /* [H] attention score shifts */
+    } *layers;                 /* [L] */
 } Model;
 
 static const void *buf_ptr(PyObject *seq, Py_ssize_t i, Py_ssize_t want)
@@ -250,7 +259,7 @@ static const void *buf_ptr(PyObject *seq, Py_ssize_t i, Py_ssize_t want)
 static void Model_dealloc(Model *self)
 {
     Py_XDECREF(self->keep);
-    PyMem_Free(self->wqkv);
+    PyMem_Free(self->layers);
     PyMem_Free(self->w16);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -286,14 +295,11 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "wrong number of buffers");
         return -1;
     }
-    self->wqkv = PyMem_Calloc(13 * (size_t)L, sizeof(void *));
-    if (!self->wqkv)
+    self->layers = PyMem_Calloc((size_t)L, sizeof(struct Layer));
+    if (!self->layers) {
+        PyErr_NoMemory();
         return -1;
-    self->wo = self->wqkv + L; self->w1 = self->wo + L; self->w2 = self->w1 + L;
-    self->gelu = self->w2 + L;
-    self->qkv_m = (const int64_t **)(self->gelu + L); self->wo_m = self->qkv_m + L;
-    self->w1_m = self->wo_m + L; self->w2_m = self->w1_m + L; self->norm1 = self->w2_m + L;
-    self->norm2 = self->norm1 + L; self->shift = (const int32_t **)(self->norm2 + L);
+    }
     Py_INCREF(bufs);
     self->keep = bufs;
     size_t total16 = packed_size(V, d) + (size_t)L * (packed_size(qkv, d) + packed_size(d, d)
@@ -316,18 +322,18 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     GET(self->alibi, 6, (size_t)H * self->W * 4);
     for (int l = 0; l < L; l++) {
         int b = 7 + 12 * l;
-        GETW(self->wqkv[l], b, qkv, d);
-        GET(self->qkv_m[l], b + 1, (size_t)qkv * 8);
-        GETW(self->wo[l], b + 2, d, d);
-        GET(self->wo_m[l], b + 3, (size_t)d * 8);
-        GETW(self->w1[l], b + 4, ff, d);
-        GET(self->w1_m[l], b + 5, (size_t)ff * 8);
-        GETW(self->w2[l], b + 6, d, ff);
-        GET(self->w2_m[l], b + 7, (size_t)d * 8);
-        GET(self->gelu[l], b + 8, (size_t)ff * G);
-        GET(self->norm1[l], b + 9, (size_t)d * 8);
-        GET(self->norm2[l], b + 10, (size_t)d * 8);
-        GET(self->shift[l], b + 11, (size_t)H * 4);
+        GETW(self->layers[l].wqkv, b, qkv, d);
+        GET(self->layers[l].qkv_m, b + 1, (size_t)qkv * 8);
+        GETW(self->layers[l].wo, b + 2, d, d);
+        GET(self->layers[l].wo_m, b + 3, (size_t)d * 8);
+        GETW(self->layers[l].w1, b + 4, ff, d);
+        GET(self->layers[l].w1_m, b + 5, (size_t)ff * 8);
+        GETW(self->layers[l].w2, b + 6, d, ff);
+        GET(self->layers[l].w2_m, b + 7, (size_t)d * 8);
+        GET(self->layers[l].gelu, b + 8, (size_t)ff * G);
+        GET(self->layers[l].norm1, b + 9, (size_t)d * 8);
+        GET(self->layers[l].norm2, b + 10, (size_t)d * 8);
+        GET(self->layers[l].shift, b + 11, (size_t)H * 4);
     }
 #undef GETW
 #undef GET
@@ -338,7 +344,7 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     }
     for (int l = 0; l < L; l++)
         for (int h = 0; h < H; h++)
-            if (self->shift[l][h] < 1 || self->shift[l][h] > 30) {
+            if (self->layers[l].shift[h] < 1 || self->layers[l].shift[h] > 30) {
                 PyErr_SetString(PyExc_ValueError, "attention score shift out of range");
                 return -1;
             }
@@ -428,7 +434,7 @@ static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const
     }
     for (int h = 0; h < H; h++) {
         const int8_t *kt = kc + (h / group) * head, *vt = vc + (h / group) * head;
-        int sh = m->shift[l][h];
+        int sh = m->layers[l].shift[h];
         const int32_t *bias = m->alibi + (size_t)h * W;
         scores(qkv + h * hd, kt, hd, W, S->dots);
         int64_t zmax = INT64_MIN;
@@ -469,41 +475,42 @@ static void forward(const Model *m, Cache *c, int64_t pos, const int64_t *tokens
     for (int b = 0; b < B; b++)
         memcpy(S->x + (size_t)b * d, m->emb + (size_t)tokens[b * tstride] * d, (size_t)d * 8);
     for (int l = 0; l < m->L; l++) {
+        const struct Layer *lw = &m->layers[l];
         for (int b = 0; b < B; b++)
-            norm(m, S->x + (size_t)b * d, m->norm1[l], S->y + (size_t)b * d);
-        matmul(S->y, B, m->wqkv[l], d, qkvn, S->acc);
+            norm(m, S->x + (size_t)b * d, lw->norm1, S->y + (size_t)b * d);
+        matmul(S->y, B, lw->wqkv, d, qkvn, S->acc);
         for (int b = 0; b < B; b++) {
             int8_t *q = S->qkv + (size_t)b * qkvn;
             const int32_t *ac = S->acc + (size_t)b * qkvn;
             for (int i = 0; i < qkvn; i++)
-                q[i] = clamp8(requant(ac[i], m->qkv_m[l][i]));
+                q[i] = clamp8(requant(ac[i], lw->qkv_m[i]));
             attention(m, c, l, b, pos, q, S->a + (size_t)b * d, S);
         }
-        matmul(S->a, B, m->wo[l], d, d, S->acc);
+        matmul(S->a, B, lw->wo, d, d, S->acc);
         for (int b = 0; b < B; b++) {
             int64_t *x = S->x + (size_t)b * d;
             const int32_t *ac = S->acc + (size_t)b * d;
             for (int i = 0; i < d; i++)
-                x[i] += requant(ac[i], m->wo_m[l][i]);
-            norm(m, x, m->norm2[l], S->y + (size_t)b * d);
+                x[i] += requant(ac[i], lw->wo_m[i]);
+            norm(m, x, lw->norm2, S->y + (size_t)b * d);
         }
-        matmul(S->y, B, m->w1[l], d, ff, S->acc);
+        matmul(S->y, B, lw->w1, d, ff, S->acc);
         for (int b = 0; b < B; b++) {
             const int32_t *ac = S->acc + (size_t)b * ff;
             int16_t *h = S->y + (size_t)b * ff;    /* GELU outputs: inputs of w2 */
             for (int i = 0; i < ff; i++) {
-                int64_t idx = requant(ac[i], m->w1_m[l][i]);
+                int64_t idx = requant(ac[i], lw->w1_m[i]);
                 idx = (idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx)
                       + m->gelu_n;
-                h[i] = m->gelu[l][(size_t)i * G + idx];
+                h[i] = lw->gelu[(size_t)i * G + idx];
             }
         }
-        matmul(S->y, B, m->w2[l], ff, d, S->acc);
+        matmul(S->y, B, lw->w2, ff, d, S->acc);
         for (int b = 0; b < B; b++) {
             int64_t *x = S->x + (size_t)b * d;
             const int32_t *ac = S->acc + (size_t)b * d;
             for (int i = 0; i < d; i++)
-                x[i] += requant(ac[i], m->w2_m[l][i]);
+                x[i] += requant(ac[i], lw->w2_m[i]);
         }
     }
     for (int b = 0; b < B; b++)

@@ -76,8 +76,7 @@ def _i64(t: torch.Tensor) -> bytes:
 class NativeCache:
     """The key/value cache of a batch; made on the first step."""
 
-    def __init__(self, model) -> None:
-        self._model = model
+    def __init__(self) -> None:
         self.core = None
 
     @property
@@ -115,7 +114,7 @@ class NativeEngine:
         self.core = _core.Model(dims, bufs)
 
     def new_cache(self) -> NativeCache:
-        return NativeCache(self.core)
+        return NativeCache()
 
     def step(self, tokens: torch.Tensor, cache: NativeCache) -> torch.Tensor:
         """Advance a batch by ``n`` tokens; int64 logits [B, n, V] (1/ZV nat)."""

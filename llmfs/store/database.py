@@ -296,15 +296,21 @@ class Txn:
         self.set_meta("next_ino", ino + 1)
         return ino
 
+    @staticmethod
+    def _inode_record(k: bytes, v: bytes) -> Inode | None:
+        """The inode stored as *v* under *k*, None when damaged."""
+        value = unseal(k, v, INODE_SIZE)
+        return None if value is None else Inode.unpack(value)
+
     def inode(self, ino: int) -> Inode | None:
         k = ino_key(ino)
         v = self.txn.get(k, db=self.db["inodes"])
         if v is None:
             return None
-        value = unseal(k, v, INODE_SIZE)
-        if value is None:
+        inode = self._inode_record(k, v)
+        if inode is None:
             raise DamagedRecord(f"inode {ino}")
-        return Inode.unpack(value)
+        return inode
 
     def put_inode(self, ino: int, inode: Inode) -> None:
         k = ino_key(ino)
@@ -338,11 +344,16 @@ class Txn:
 
     # -- directory entries -------------------------------------------------
     @staticmethod
-    def _entry_ino(k: bytes, v: bytes) -> int:
+    def _entry_child(k: bytes, v: bytes) -> int | None:
+        """The inode a directory entry stored as *v* under *k* names, None when damaged."""
         value = unseal(k, v, INO_SIZE)
-        if value is None:
+        return None if value is None else ino_of(value)
+
+    def _entry_ino(self, k: bytes, v: bytes) -> int:
+        child = self._entry_child(k, v)
+        if child is None:
             raise DamagedRecord(f"entry {k[8:]!r} of directory {ino_of(k)}")
-        return ino_of(value)
+        return child
 
     def lookup(self, parent: int, name: bytes) -> int | None:
         k = ino_key(parent) + name
@@ -481,13 +492,11 @@ class Txn:
     # -- whole tables, for tools (damaged records come as None / DAMAGED) --
     def all_inodes(self) -> Iterator[tuple[int, Inode | None]]:
         for k, v in self.txn.cursor(db=self.db["inodes"]):
-            value = unseal(k, v, INODE_SIZE)
-            yield ino_of(k), None if value is None else Inode.unpack(value)
+            yield ino_of(k), self._inode_record(k, v)
 
     def all_entries(self) -> Iterator[tuple[int, bytes, int | None]]:
         for k, v in self.txn.cursor(db=self.db["dirents"]):
-            value = unseal(k, v, INO_SIZE)
-            yield ino_of(k), k[8:], None if value is None else ino_of(value)
+            yield ino_of(k), k[8:], self._entry_child(k, v)
 
     def all_block_maps(self) -> Iterator[tuple[int, int, bytes]]:
         for k, v in self.txn.cursor(db=self.db["fmap"]):
