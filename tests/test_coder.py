@@ -3,7 +3,8 @@ import constriction
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from llmfs.codec.llm import _FAMILY, ideal_bits, symbol_stats, three_buckets
+from llmfs.codec.llm import _FAMILY, ideal_bits, three_buckets
+from llmfs.codec.mixer import symbol_stats
 from llmfs.model.engine import FREQ_BITS
 
 

@@ -107,7 +107,9 @@ def test_block_with_a_repeat_beyond_the_window_costs_far_less(model):
 
 
 def spoil_mixing(monkeypatch) -> None:
-    """Make every mixed table flat (the model-alone coding then wins)."""
+    """Make every mixed table flat (the model-alone coding then wins); the
+    encoder then runs the Python mixer, patched."""
+    from llmfs.codec import llm
     from llmfs.codec.mixer import Mixer
 
     def flat(self, freqs, ids):
@@ -117,6 +119,7 @@ def spoil_mixing(monkeypatch) -> None:
         return out
     monkeypatch.setattr(Mixer, "tables", flat)
     monkeypatch.setattr(Mixer, "learn", lambda self, ids, syms: None)
+    monkeypatch.setattr(llm, "new_mixer", Mixer)
 
 
 def test_encoder_keeps_the_model_alone_where_mixing_loses(model, monkeypatch):

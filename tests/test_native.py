@@ -1,10 +1,16 @@
 """The native exact core gives the torch engine's integers bit for bit."""
 from __future__ import annotations
 
+import constriction
+import numpy as np
 import pytest
 import torch
 
-from llmfs.codec.llm import LLMCodec
+from llmfs.codec import llm
+from llmfs.codec.frame import MATCH, MODEL_ALONE, NGRAMS
+from llmfs.codec.llm import LLMCodec, three_buckets
+from llmfs.codec.mixer import Mixer, symbol_stats
+from llmfs.codec.segments import split_segments
 from llmfs.model import MODELS_DIR, native
 from llmfs.model.modelfile import LanguageModel
 
@@ -102,18 +108,112 @@ def test_select_keeps_the_right_streams(model):
                        model.engine.step(tokens[rows, 20:], ref))
 
 
-def test_codec_payloads_are_the_torch_engines(model, monkeypatch):
-    data = PROSE * 3
+def test_codec_payloads_are_the_python_references(model, monkeypatch):
+    """The core end to end (model, mixer, range decoder) against the torch
+    engine with the Python mixers and constriction's decoder: same payloads
+    both ways, each decodes the other's."""
+    data = PROSE * 3 + bytes(range(256)) + PROSE[::-1]
     codec = LLMCodec(model)
     assert isinstance(codec.engine, native.NativeEngine)
     enc = codec.encode(data)
+    assert enc.version == NGRAMS
     monkeypatch.setenv("LLMFS_ENGINE", "torch")
+    monkeypatch.setattr(llm, "new_mixer", Mixer)
     ref = LLMCodec(model)
     assert ref.engine is model.engine
     assert ref.encode(data).payload == enc.payload
     assert model.tokenizer.decode(ref.decode_many([enc])[0]) == data
     monkeypatch.setenv("LLMFS_ENGINE", "native")
     assert model.tokenizer.decode(LLMCodec(model).decode_many([enc])[0]) == data
+
+
+@pytest.mark.parametrize("version", [MODEL_ALONE, MATCH, NGRAMS])
+def test_mixer_tables_equal_the_python_mixers(model, version):
+    """The core's mixer against codec/mixer.py step by step, on the model's
+    own tables of repetitive text in five streams of unequal length (matches
+    across streams, n-gram contexts growing dense, streams ending)."""
+    ids = model.tokenizer.encode(PROSE * 4)
+    cut = [0, 150, 300, 450, 600, 680]
+    parts = [ids[a:b] for a, b in zip(cut, cut[1:])]
+    B, V = len(parts), model.cfg.vocab
+    toks = np.zeros((B, 150), dtype=np.int64)
+    for i, p in enumerate(parts):
+        toks[i, :len(p)] = p
+    freqs = model.engine.freqs(tables(model.engine, torch.from_numpy(toks), 150)).numpy()
+    ours, ref = native.mixer(B, version, V), Mixer(B, version, V)
+    for s in range(150):
+        act = [i for i in range(B) if s < len(parts[i])]
+        want = ref.tables(freqs[act, s].copy(), act)
+        assert np.array_equal(ours.tables(freqs[act, s].copy(), act), want), s
+        syms = [int(parts[i][s]) for i in act]
+        ref.learn(act, syms)
+        ours.learn(act, syms)
+    lens = np.array([len(p) for p in parts])
+    got = [np.zeros((B, 150, 3), dtype=np.int64) for _ in range(4)]
+    native.mixer(B, version, V).run(freqs, toks, lens, 0, got[0], got[1])
+    Mixer(B, version, V).run(freqs, toks, lens, 0, got[2], got[3])
+    assert np.array_equal(got[0], got[2]) and np.array_equal(got[1], got[3])
+
+
+def test_mixer_rejects_bad_input(model):
+    V = model.cfg.vocab
+    with pytest.raises(ValueError, match="unknown llm payload version"):
+        native.mixer(2, 5, V)
+    mx = native.mixer(2, NGRAMS, V)
+    with pytest.raises(ValueError, match="ascending"):
+        mx.tables(np.zeros((2, V), dtype=np.int64), [1, 0])
+    with pytest.raises(ValueError, match="int64"):
+        mx.tables(np.zeros((1, V), dtype=np.int64), [0, 1])
+    with pytest.raises(ValueError, match="out of range"):
+        mx.learn([0], [V])
+
+
+def test_range_decoder_reads_constrictions_streams():
+    """Flat, peaked and all-on-one-token tables; first, last and random
+    symbols, coded by constriction as the encoder codes them (three buckets)."""
+    from llmfs.model import _core
+
+    V, rng = 2048, np.random.default_rng(3)
+    for trial in range(12):
+        n = int(rng.integers(1, 300))
+        f = rng.integers(0, 5000, size=(n, V)) * (trial % 3 != 0)
+        f[np.arange(n), rng.integers(0, V, n)] += rng.integers(0, 1 << 23, n)
+        f[:, 0] += (1 << 24) - V - f.sum(1)
+        syms = rng.integers(0, V, n)
+        syms[: n // 4] = (V - 1, 0)[trial % 2]
+        coder = constriction.stream.queue.RangeEncoder()
+        coder.encode(*three_buckets(symbol_stats(f, syms), V))
+        words = coder.get_compressed().tobytes()
+        assert _core.range_decode(words, f.astype(np.int64).tobytes(), V) == syms.tolist()
+
+
+def test_fuzzed_payloads_are_errors_or_caught(model):
+    """Damaged streams through the core's decoder: flipped bits, cut and
+    random words, wrong token counts -- each stream decodes to tokens (the
+    frame checksum then catches wrong bytes) or None, never a crash; the
+    undamaged streams of the batch decode right."""
+    codec = LLMCodec(model)
+    enc = codec.encode(PROSE * 2)
+    streams = split_segments(enc.payload, enc.n_tokens)
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        words, n = streams[trial % len(streams)]
+        bad = bytearray(words)
+        kind = trial % 4
+        if kind == 0:
+            for _ in range(1 + trial % 7):
+                bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            bad = bad[: int(rng.integers(0, len(bad)))]
+        elif kind == 2:
+            bad = bytearray(rng.bytes(4 * int(rng.integers(0, 50))))
+        else:
+            n = int(rng.integers(0, 3 * n))
+        batch = [(bytes(bad), n)] + list(streams)
+        got = codec.engine.decode(codec.bos, batch, [(0, 1, NGRAMS), (1, len(streams), NGRAMS)])
+        assert got[0] is None or (len(got[0]) == n and all(0 <= t < model.cfg.vocab
+                                                             for t in got[0]))
+        assert model.tokenizer.decode([t for s in got[1:] for t in s]) == PROSE * 2
 
 
 def test_a_bad_setting_is_named():

@@ -25,7 +25,7 @@ from ..model import native
 from ..model.engine import FREQ_BITS
 from ..model.modelfile import LanguageModel
 from .frame import MODEL_ALONE, VERSION
-from .mixer import Mixer
+from .mixer import Stats, new_mixer
 from .segments import SEGMENT, Coded, Stream, join_segments, regroup, split_segments
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
@@ -52,25 +52,21 @@ class LLMCodec:
         if not parts:
             return [], []
         B, L = len(parts), len(parts[0])
-        inp = np.zeros((B, L), dtype=np.int64)          # each stream's inputs, padded
+        toks = np.zeros((B, L), dtype=np.int64)         # each stream's tokens, padded
         for i, part in enumerate(parts):
-            inp[i, 0] = self.bos
-            inp[i, 1:len(part)] = part[:-1]
+            toks[i, :len(part)] = part
+        inp = np.empty_like(toks)                       # ... and its inputs
+        inp[:, 0], inp[:, 1:] = self.bos, toks[:, :-1]
         inp = torch.from_numpy(inp)
+        lens = np.array([len(p) for p in parts], dtype=np.int64)
         chunk = min(self.chunk, max(16, 512 // B))      # 512 tables a step: cache-sized
-        mixer = Mixer(B, version, self.model.cfg.vocab)
+        mixer = new_mixer(B, version, self.model.cfg.vocab)
         cache = self.engine.new_cache()
         stats = {m: np.zeros((B, L, 3), dtype=np.int64) for m in (False, True)}
         for start in range(0, L, chunk):
             end = min(L, start + chunk)
             freqs = self.engine.freqs(self.engine.step(inp[:, start:end], cache)).cpu().numpy()
-            for s in range(start, end):
-                act = [i for i in range(B) if s < len(parts[i])]
-                syms = np.array([parts[i][s] for i in act])
-                alone = freqs[act, s - start]
-                stats[False][act, s] = symbol_stats(alone, syms)
-                stats[True][act, s] = symbol_stats(mixer.tables(alone.copy(), act), syms)
-                mixer.learn(act, syms.tolist())
+            mixer.run(np.ascontiguousarray(freqs), toks, lens, start, stats[False], stats[True])
             # the abort test: once every stream is a window in (each cold start costs more,
             # so fewer tokens per stream would give up on blocks the model wins)
             if start < min(L, self.chunk) <= end and math.isfinite(abort_bpb):
@@ -132,7 +128,11 @@ class LLMCodec:
     def _decode_streams(self, streams: list[Stream],
                         groups: list[tuple[range, int]]) -> list[list[int] | None]:
         """Decode streams in one batch, token by token, all in lockstep; the
-        streams of each of *groups* (index range, payload version) share a Mixer."""
+        streams of each of *groups* (index range, payload version) share a Mixer.
+        The native core runs the whole loop in one call."""
+        if isinstance(self.engine, native.NativeEngine):
+            return self.engine.decode(self.bos, streams,
+                                      [(g.start, len(g), version) for g, version in groups])
         out: list[list[int] | None] = [[] for _ in streams]
         decoders = {}
         for i, (payload, n) in enumerate(streams):
@@ -144,7 +144,7 @@ class LLMCodec:
             decoders[i] = constriction.stream.queue.RangeDecoder(
                 np.frombuffer(payload, dtype=np.uint32).copy())
         vocab = self.model.cfg.vocab
-        mixers = [(Mixer(len(g), version, vocab), g) for g, version in groups]
+        mixers = [(new_mixer(len(g), version, vocab), g) for g, version in groups]
         active = list(decoders)
         cache = self.engine.new_cache()
         cur = torch.full((len(active), 1), self.bos, dtype=torch.int64)
@@ -179,19 +179,6 @@ class LLMCodec:
                     cache.select(torch.tensor(keep))
             cur = torch.tensor(nxt, dtype=torch.int64)[:, None]
         return out
-
-
-Stats = np.ndarray   # [tokens, 3] int64: symbol, cumulative frequency before it, frequency
-
-
-def symbol_stats(tables: np.ndarray, syms: np.ndarray) -> Stats:
-    """What the coder needs of each row's symbol in integer tables [n, V]:
-    (symbol, sum of the entries before it, its entry), in the coder's units
-    (constriction gives each entry f + 1)."""
-    n, vocab = tables.shape
-    fs = tables[np.arange(n), syms]
-    lo = np.where(np.arange(vocab) < syms[:, None], tables, 0).sum(1) + syms
-    return np.stack([syms, lo, fs], 1)
 
 
 def ideal_bits(stats: Stats) -> float:

@@ -6,11 +6,16 @@ so far: the match model (``match.py``, frame version 3) and the n-gram caches
 (``ngram.py``, version 4).  The encoder and the decoder drive one ``Mixer``
 per block the same way -- ``tables`` with the model's rows, then ``learn``
 with the coded tokens -- so they code with the same integers by construction.
+
+``new_mixer`` gives the native core's mixer (``model/_mix.c``, the same
+integers without Python per token) where the core is built; the classes here
+are the reference it is tested against, and the fallback without it.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..model import native
 from .frame import MATCH, MODEL_ALONE, NGRAMS
 from .match import Confidence, MatchGroup, mix
 from .ngram import NGramGroup
@@ -57,3 +62,40 @@ class Mixer:
                 self.match.append(i, sym)
         if self.ngram is not None:
             self.ngram.learn(ids, self._matched, syms)
+
+    def run(self, freqs: np.ndarray, tokens: np.ndarray, lens: np.ndarray, start: int,
+            alone: Stats, mixed: Stats) -> None:
+        """Positions ``start`` .. ``start + n`` of every stream still going
+        there, as the encoder steps them: the coder's statistics (``symbol_stats``)
+        of each stream's token with the model's table (into *alone*
+        [B, L, 3]) and with the mixed one (*mixed*), then ``learn``.
+        *freqs* [B, n, V] are the model's tables, *tokens* [B, L] the streams'
+        tokens (*lens* [B] of each), all int64."""
+        for s in range(start, start + freqs.shape[1]):
+            act = np.nonzero(lens > s)[0].tolist()
+            syms = tokens[act, s]
+            rows = freqs[act, s - start]
+            alone[act, s] = symbol_stats(rows, syms)
+            mixed[act, s] = symbol_stats(self.tables(rows.copy(), act), syms)
+            self.learn(act, syms.tolist())
+
+
+def new_mixer(n_streams: int, version: int, vocab: int) -> Mixer:
+    """A mixer for one block's streams: the native core's where it is built
+    (same interface and integers), else ``Mixer``."""
+    if native.available():
+        return native.mixer(n_streams, version, vocab)
+    return Mixer(n_streams, version, vocab)
+
+
+Stats = np.ndarray   # [..., 3] int64: symbol, cumulative frequency before it, frequency
+
+
+def symbol_stats(tables: np.ndarray, syms: np.ndarray) -> Stats:
+    """What the coder needs of each row's symbol in integer tables [n, V]:
+    (symbol, sum of the entries before it, its entry), in the coder's units
+    (constriction gives each entry f + 1)."""
+    n, vocab = tables.shape
+    fs = tables[np.arange(n), syms]
+    lo = np.where(np.arange(vocab) < syms[:, None], tables, 0).sum(1) + syms
+    return np.stack([syms, lo, fs], 1)

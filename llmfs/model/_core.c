@@ -11,8 +11,8 @@
  * torch engine's tensors and wraps ``Model``/``Cache`` behind the engine's
  * ``step``/``freqs`` interface.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_core.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -369,7 +369,7 @@ static void Cache_dealloc(Cache *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyTypeObject ModelType;
+static PyTypeObject ModelType, CacheType;
 
 static int Cache_init(Cache *self, PyObject *args, PyObject *kw)
 {
@@ -424,7 +424,7 @@ static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const
 {
     int H = m->H, KV = m->KV, hd = m->hd, W = m->W, group = H / KV;
     int64_t first = pos - W + 1 < 0 ? 0 : pos - W + 1;
-    int slot = (int)(pos % W), nk = (int)(pos - first + 1);
+    int slot = (int)(pos % W), fs = (int)(first % W), nk = (int)(pos - first + 1);
     size_t head = (size_t)hd * W;
     size_t row = ((size_t)l * c->B + b) * KV * head;
     int8_t *kc = c->k + row, *vc = c->v + row;
@@ -437,24 +437,25 @@ static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const
         int sh = m->layers[l].shift[h];
         const int32_t *bias = m->alibi + (size_t)h * W;
         scores(qkv + h * hd, kt, hd, W, S->dots);
+        /* the visible keys are ring slots fs, fs + 1, ... (mod W), distances nk - 1 .. 0 */
         int64_t zmax = INT64_MIN;
-        for (int j = 0; j < nk; j++) {
-            int64_t p = first + j;
-            int64_t zz = (((int64_t)S->dots[p % W] + ((int64_t)1 << (sh - 1))) >> sh)
-                         - bias[pos - p];
+        for (int j = 0, at = fs; j < nk; j++, at = at + 1 == W ? 0 : at + 1) {
+            int64_t zz = (((int64_t)S->dots[at] + ((int64_t)1 << (sh - 1))) >> sh)
+                         - bias[nk - 1 - j];
             S->z[j] = zz;
             if (zz > zmax)
                 zmax = zz;
         }
         int64_t s = 0;
-        memset(S->ehi, 0, (size_t)W * sizeof(int16_t));
-        memset(S->elo, 0, (size_t)W * sizeof(int16_t));
-        for (int j = 0; j < nk; j++) {
+        if (nk < W) {
+            memset(S->ehi, 0, (size_t)W * sizeof(int16_t));
+            memset(S->elo, 0, (size_t)W * sizeof(int16_t));
+        }
+        for (int j = 0, at = fs; j < nk; j++, at = at + 1 == W ? 0 : at + 1) {
             int64_t gap = zmax - S->z[j];
             if (gap > m->n_exp_attn - 1)
                 gap = m->n_exp_attn - 1;
             int64_t e = m->exp_attn[gap];
-            int at = (int)((first + j) % W);
             s += e;
             S->ehi[at] = (int16_t)(e >> 8);
             S->elo[at] = (int16_t)(e & 255);
@@ -495,14 +496,12 @@ static void forward(const Model *m, Cache *c, int64_t pos, const int64_t *tokens
             norm(m, x, lw->norm2, S->y + (size_t)b * d);
         }
         matmul(S->y, B, lw->w1, d, ff, S->acc);
-        for (int b = 0; b < B; b++) {
-            const int32_t *ac = S->acc + (size_t)b * ff;
-            int16_t *h = S->y + (size_t)b * ff;    /* GELU outputs: inputs of w2 */
-            for (int i = 0; i < ff; i++) {
-                int64_t idx = requant(ac[i], lw->w1_m[i]);
-                idx = (idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx)
-                      + m->gelu_n;
-                h[i] = lw->gelu[(size_t)i * G + idx];
+        for (int i = 0; i < ff; i++) {    /* channel-major: one GELU table row stays cached */
+            const int8_t *table = lw->gelu + (size_t)i * G + m->gelu_n;
+            for (int b = 0; b < B; b++) {
+                int64_t idx = requant(S->acc[(size_t)b * ff + i], lw->w1_m[i]);
+                idx = idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx;
+                S->y[(size_t)b * ff + i] = table[idx];    /* GELU outputs: inputs of w2 */
             }
         }
         matmul(S->y, B, lw->w2, ff, d, S->acc);
@@ -522,6 +521,42 @@ static void forward(const Model *m, Cache *c, int64_t pos, const int64_t *tokens
         for (int i = 0; i < m->V; i++)
             o[i] = requant(ac[i], m->head_m[i]);
     }
+}
+
+static void scratch_free(Scratch *S)
+{
+    PyMem_Free(S->x);
+    PyMem_Free(S->y);
+    PyMem_Free(S->acc);
+    PyMem_Free(S->qkv);
+    PyMem_Free(S->a);
+    PyMem_Free(S->dots);
+    PyMem_Free(S->z);
+    PyMem_Free(S->ehi);
+    PyMem_Free(S->elo);
+}
+
+static int scratch_alloc(Scratch *S, const Model *m, int B)
+{
+    size_t qkvn = (size_t)(m->H + 2 * m->KV) * m->hd;
+    size_t yw = (size_t)(m->d > m->ff ? m->d : m->ff);
+    size_t aw = qkvn > (size_t)m->ff ? qkvn : (size_t)m->ff;
+    if ((size_t)m->V > aw)
+        aw = (size_t)m->V;
+    S->x = PyMem_Malloc((size_t)B * m->d * 8);
+    S->y = PyMem_Malloc((size_t)B * yw * 2);
+    S->acc = PyMem_Malloc((size_t)B * aw * 4);
+    S->qkv = PyMem_Malloc((size_t)B * qkvn);
+    S->a = PyMem_Malloc((size_t)B * m->d * 2);
+    S->dots = PyMem_Malloc((size_t)m->W * 4);
+    S->z = PyMem_Malloc((size_t)m->W * 8);
+    S->ehi = PyMem_Malloc((size_t)m->W * 2);
+    S->elo = PyMem_Malloc((size_t)m->W * 2);
+    if (!S->x || !S->y || !S->acc || !S->qkv || !S->a || !S->dots || !S->z || !S->ehi || !S->elo) {
+        scratch_free(S);
+        return -1;
+    }
+    return 0;
 }
 
 static PyObject *Cache_step(Cache *self, PyObject *args)
@@ -544,48 +579,38 @@ static PyObject *Cache_step(Cache *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "token id out of range");
             goto done;
         }
-    size_t qkvn = (size_t)(m->H + 2 * m->KV) * m->hd;
-    size_t yw = (size_t)(m->d > m->ff ? m->d : m->ff);
-    size_t aw = qkvn > (size_t)m->ff ? qkvn : (size_t)m->ff;
-    if ((size_t)m->V > aw)
-        aw = (size_t)m->V;
     Scratch S;
-    S.x = PyMem_Malloc((size_t)B * m->d * 8);
-    S.y = PyMem_Malloc((size_t)B * yw * 2);
-    S.acc = PyMem_Malloc((size_t)B * aw * 4);
-    S.qkv = PyMem_Malloc((size_t)B * qkvn);
-    S.a = PyMem_Malloc((size_t)B * m->d * 2);
-    S.dots = PyMem_Malloc((size_t)m->W * 4);
-    S.z = PyMem_Malloc((size_t)m->W * 8);
-    S.ehi = PyMem_Malloc((size_t)m->W * 2);
-    S.elo = PyMem_Malloc((size_t)m->W * 2);
-    if (!S.x || !S.y || !S.acc || !S.qkv || !S.a || !S.dots || !S.z || !S.ehi || !S.elo) {
+    if (scratch_alloc(&S, m, B) < 0) {
         PyErr_NoMemory();
-    } else {
-        int64_t *o = out.buf;
-        int64_t fill = self->fill;
-        Py_BEGIN_ALLOW_THREADS
-        for (int j = 0; j < n; j++)
-            forward(m, self, fill + j, t + j, (size_t)n, o + (size_t)j * m->V,
-                    (size_t)n * m->V, &S);
-        Py_END_ALLOW_THREADS
-        self->fill = fill + n;
-        ret = Py_None;
-        Py_INCREF(ret);
+        goto done;
     }
-    PyMem_Free(S.x);
-    PyMem_Free(S.y);
-    PyMem_Free(S.acc);
-    PyMem_Free(S.qkv);
-    PyMem_Free(S.a);
-    PyMem_Free(S.dots);
-    PyMem_Free(S.z);
-    PyMem_Free(S.ehi);
-    PyMem_Free(S.elo);
+    int64_t *o = out.buf;
+    int64_t fill = self->fill;
+    Py_BEGIN_ALLOW_THREADS
+    for (int j = 0; j < n; j++)
+        forward(m, self, fill + j, t + j, (size_t)n, o + (size_t)j * m->V, (size_t)n * m->V, &S);
+    Py_END_ALLOW_THREADS
+    scratch_free(&S);
+    self->fill = fill + n;
+    ret = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&tok);
     PyBuffer_Release(&out);
     return ret;
+}
+
+static void cache_keep(Cache *c, const int *rows, int nb)
+{
+    /* keep only the streams rows[0..nb) (ascending batch indices) */
+    const Model *m = c->model;
+    size_t per = (size_t)m->W * m->KV * m->hd;
+    for (int l = 0; l < m->L; l++)
+        for (int i = 0; i < nb; i++) {
+            size_t from = ((size_t)l * c->B + rows[i]) * per, to = ((size_t)l * nb + i) * per;
+            memmove(c->k + to, c->k + from, per);
+            memmove(c->v + to, c->v + from, per);
+        }
+    c->B = nb;
 }
 
 static PyObject *Cache_select(Cache *self, PyObject *args)
@@ -598,26 +623,25 @@ static PyObject *Cache_select(Cache *self, PyObject *args)
     if (!seq)
         return NULL;
     Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq);
-    Model *m = self->model;
-    size_t per = (size_t)m->W * m->KV * m->hd;
+    int *keep = PyMem_Malloc((size_t)(nb ? nb : 1) * sizeof(int));
+    if (!keep) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < nb; i++) {
         long r = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (r < 0 || r >= self->B || (i && r <= PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i - 1)))) {
-            Py_DECREF(seq);
+        if (r < 0 || r >= self->B || (i && r <= keep[i - 1])) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "rows must be ascending batch indices");
+            PyMem_Free(keep);
+            Py_DECREF(seq);
             return NULL;
         }
+        keep[i] = (int)r;
     }
-    for (int l = 0; l < m->L; l++)
-        for (Py_ssize_t i = 0; i < nb; i++) {
-            long r = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-            size_t from = ((size_t)l * self->B + r) * per, to = ((size_t)l * nb + i) * per;
-            memmove(self->k + to, self->k + from, per);
-            memmove(self->v + to, self->v + from, per);
-        }
     Py_DECREF(seq);
-    self->B = (int)nb;
+    cache_keep(self, keep, (int)nb);
+    PyMem_Free(keep);
     Py_RETURN_NONE;
 }
 
@@ -629,6 +653,32 @@ static PyObject *Cache_get_batch(Cache *self, void *closure)
 static PyObject *Cache_get_fill(Cache *self, void *closure)
 {
     return PyLong_FromLongLong(self->fill);
+}
+
+static void freqs_row(const Model *m, const int64_t *l, int64_t *f)
+{
+    /* engine.freqs of one row of logits: exp table by gap to the max, scaled to
+     * sum to total, the rounding remainder to the first maximum */
+    int V = m->V, first = 0;
+    int64_t zmax = l[0], sum = 0, fsum = 0;
+    for (int i = 1; i < V; i++)
+        if (l[i] > zmax) {
+            zmax = l[i];
+            first = i;
+        }
+    for (int i = 0; i < V; i++) {
+        int64_t gap = zmax - l[i];
+        if (gap > m->n_exp_vocab - 1)
+            gap = m->n_exp_vocab - 1;
+        f[i] = m->exp_vocab[gap];
+        sum += f[i];
+    }
+    int64_t rr = (m->total << 32) / sum;
+    for (int i = 0; i < V; i++) {
+        f[i] = (f[i] * rr) >> 32;
+        fsum += f[i];
+    }
+    f[first] += m->total - fsum;
 }
 
 static PyObject *Model_freqs(Model *self, PyObject *args)
@@ -647,31 +697,215 @@ static PyObject *Model_freqs(Model *self, PyObject *args)
     Py_ssize_t R = lg.len / ((Py_ssize_t)V * 8);
     const int64_t *l = lg.buf;
     int64_t *f = out.buf;
-    for (Py_ssize_t r = 0; r < R; r++, l += V, f += V) {
-        int64_t zmax = l[0], sum = 0, fsum = 0;
-        int first = 0;
-        for (int i = 1; i < V; i++)
-            if (l[i] > zmax) {
-                zmax = l[i];
-                first = i;
-            }
-        for (int i = 0; i < V; i++) {
-            int64_t gap = zmax - l[i];
-            if (gap > self->n_exp_vocab - 1)
-                gap = self->n_exp_vocab - 1;
-            f[i] = self->exp_vocab[gap];
-            sum += f[i];
-        }
-        int64_t rr = (self->total << 32) / sum;
-        for (int i = 0; i < V; i++) {
-            f[i] = (f[i] * rr) >> 32;
-            fsum += f[i];
-        }
-        f[first] += self->total - fsum;
-    }
+    for (Py_ssize_t r = 0; r < R; r++, l += V, f += V)
+        freqs_row(self, l, f);
     PyBuffer_Release(&lg);
     PyBuffer_Release(&out);
     Py_RETURN_NONE;
+}
+
+/* -- decoding a batch of streams: model, mixing and range decoder ---------- */
+
+typedef struct {               /* one stream of Model.decode */
+    const uint8_t *words;
+    size_t n_words;
+    int64_t n;                 /* tokens to decode */
+    int group;                 /* index into the groups, or -1: the model alone */
+    int failed;
+    int32_t *out;              /* [n] */
+    int64_t done;
+    RangeDecoder rd;
+} DStream;
+
+typedef struct {
+    int start, count;
+    MixState *ms;
+} DGroup;
+
+static int decode_loop(const Model *m, Cache *c, DStream *st, int *act, int nact,
+                       DGroup *groups, int bos)
+{
+    /* LLMCodec._decode_streams for the streams act[0..nact) (ascending, each
+     * with tokens to decode); no Python inside.  0, or -1: out of memory. */
+    int V = m->V, rc = -1;
+    Scratch S;
+    int64_t *cur = malloc((size_t)nact * 8), *logits = malloc((size_t)nact * V * 8);
+    int64_t *fr = malloc((size_t)nact * V * 8);
+    int *ids = malloc((size_t)nact * sizeof(int)), *syms = malloc((size_t)nact * sizeof(int));
+    int *keep = malloc((size_t)nact * sizeof(int));
+    if (scratch_alloc(&S, m, nact) < 0)
+        S.x = NULL;
+    if (!cur || !logits || !fr || !ids || !syms || !keep || !S.x)
+        goto out;
+    for (int r = 0; r < nact; r++) {
+        cur[r] = bos;
+        rd_init(&st[act[r]].rd, st[act[r]].words, st[act[r]].n_words);
+    }
+    while (nact) {
+        forward(m, c, c->fill, cur, 1, logits, (size_t)V, &S);
+        c->fill++;
+        for (int r = 0; r < nact; r++)
+            freqs_row(m, logits + (size_t)r * V, fr + (size_t)r * V);
+        /* a group's active streams are consecutive rows: mix them */
+        for (int r0 = 0, r1; r0 < nact; r0 = r1) {
+            int g = st[act[r0]].group;
+            for (r1 = r0 + 1; r1 < nact && st[act[r1]].group == g && g >= 0; r1++)
+                ;
+            if (g < 0)
+                continue;
+            for (int r = r0; r < r1; r++)
+                ids[r] = act[r] - groups[g].start;
+            if (mix_tables(groups[g].ms, fr + (size_t)r0 * V, ids + r0, r1 - r0) < 0)
+                goto out;
+        }
+        int nk = 0;
+        for (int r = 0; r < nact; r++) {
+            DStream *d = &st[act[r]];
+            int sym = rd_decode(&d->rd, fr + (size_t)r * V, V);
+            if (sym < 0) {
+                d->failed = 1;      /* its block fails; its mixer learns a stand-in */
+                sym = 0;
+            } else {
+                d->out[d->done++] = sym;
+                if (d->done < d->n) {
+                    cur[nk] = sym;
+                    keep[nk++] = r;
+                }
+            }
+            syms[r] = sym;
+        }
+        for (int r0 = 0, r1; r0 < nact; r0 = r1) {
+            int g = st[act[r0]].group;
+            for (r1 = r0 + 1; r1 < nact && st[act[r1]].group == g && g >= 0; r1++)
+                ;
+            if (g >= 0 && mix_learn(groups[g].ms, ids + r0, syms + r0, r1 - r0) < 0)
+                goto out;
+        }
+        if (nk < nact) {
+            cache_keep(c, keep, nk);
+            for (int k = 0; k < nk; k++)
+                act[k] = act[keep[k]];
+            nact = nk;
+        }
+    }
+    rc = 0;
+out:
+    if (S.x)
+        scratch_free(&S);
+    free(cur);
+    free(logits);
+    free(fr);
+    free(ids);
+    free(syms);
+    free(keep);
+    return rc;
+}
+
+static PyObject *Model_decode(Model *self, PyObject *args)
+{
+    /* decode(bos, streams: [(words: bytes, n_tokens)], groups: [(start, count,
+     * version)]) -> per stream a list of token ids, or None where the data is
+     * not a stream the encoder wrote.  The streams of each group (consecutive)
+     * share a mixer of that frame version; the others are coded with the
+     * model alone.  The whole batch decodes in lockstep, without the GIL. */
+    int bos;
+    PyObject *streams, *groups_obj, *ret = NULL;
+    if (!PyArg_ParseTuple(args, "iO!O!", &bos, &PyList_Type, &streams, &PyList_Type, &groups_obj))
+        return NULL;
+    if (bos < 0 || bos >= self->V) {
+        PyErr_SetString(PyExc_ValueError, "bos token out of range");
+        return NULL;
+    }
+    Py_ssize_t ns = PyList_GET_SIZE(streams), ng = PyList_GET_SIZE(groups_obj);
+    DStream *st = PyMem_Calloc((size_t)ns + 1, sizeof(DStream));
+    DGroup *groups = PyMem_Calloc((size_t)ng + 1, sizeof(DGroup));
+    int *act = PyMem_Malloc(((size_t)ns + 1) * sizeof(int));
+    Cache *c = NULL;
+    int nact = 0;
+    if (!st || !groups || !act) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < ns; i++) {
+        PyObject *words;
+        long long n;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(streams, i), "O!L", &PyBytes_Type, &words, &n))
+            goto done;
+        if (n < 0 || n > (1 << 26)) {
+            PyErr_SetString(PyExc_ValueError, "implausible token count");
+            goto done;
+        }
+        st[i].words = (const uint8_t *)PyBytes_AS_STRING(words);   /* the list keeps it */
+        st[i].n_words = (size_t)PyBytes_GET_SIZE(words) / 4;
+        st[i].failed = PyBytes_GET_SIZE(words) % 4 != 0;
+        st[i].n = n;
+        st[i].group = -1;
+        st[i].out = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+        if (!st[i].out) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    for (Py_ssize_t g = 0; g < ng; g++) {
+        int start, count, version;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(groups_obj, g), "iii", &start, &count, &version))
+            goto done;
+        if (start < 0 || count <= 0 || start + (Py_ssize_t)count > ns
+                || (g && start < groups[g - 1].start + groups[g - 1].count)) {
+            PyErr_SetString(PyExc_ValueError, "groups must be ascending ranges of streams");
+            goto done;
+        }
+        groups[g].start = start;
+        groups[g].count = count;
+        groups[g].ms = mix_new(count, version, self->V);
+        if (!groups[g].ms) {
+            PyErr_Format(PyExc_ValueError, "unknown llm payload version %d", version);
+            goto done;
+        }
+        for (int i = start; i < start + count; i++)
+            st[i].group = (int)g;
+    }
+    for (Py_ssize_t i = 0; i < ns; i++)
+        if (!st[i].failed && st[i].n > 0)
+            act[nact++] = (int)i;
+    int rc = 0;
+    if (nact) {
+        c = (Cache *)PyObject_CallFunction((PyObject *)&CacheType, "Oi", self, nact);
+        if (!c)
+            goto done;
+        Py_BEGIN_ALLOW_THREADS
+        rc = decode_loop(self, c, st, act, nact, groups, bos);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    ret = PyList_New(ns);
+    for (Py_ssize_t i = 0; ret && i < ns; i++) {
+        PyObject *item;
+        if (st[i].failed) {
+            item = Py_NewRef(Py_None);
+        } else {
+            item = PyList_New((Py_ssize_t)st[i].n);
+            for (int64_t t = 0; item && t < st[i].n; t++)
+                PyList_SET_ITEM(item, t, PyLong_FromLong(st[i].out[t]));
+        }
+        if (!item)
+            Py_CLEAR(ret);
+        else
+            PyList_SET_ITEM(ret, i, item);
+    }
+done:
+    Py_XDECREF(c);
+    for (Py_ssize_t g = 0; groups && g < ng; g++)
+        mix_free(groups[g].ms);
+    for (Py_ssize_t i = 0; st && i < ns; i++)
+        PyMem_Free(st[i].out);
+    PyMem_Free(st);
+    PyMem_Free(groups);
+    PyMem_Free(act);
+    return ret;
 }
 
 static PyObject *core_simd(PyObject *mod, PyObject *args)
@@ -706,6 +940,7 @@ static PyObject *core_simd_paths(PyObject *mod, PyObject *noargs)
 
 static PyMethodDef Model_methods[] = {
     {"freqs", (PyCFunction)Model_freqs, METH_VARARGS, "Integer frequency tables of logits."},
+    {"decode", (PyCFunction)Model_decode, METH_VARARGS, "Decode a batch of streams."},
     {NULL}
 };
 
@@ -767,7 +1002,8 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&ModelType);
     Py_INCREF(&CacheType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0
-            || PyModule_AddObject(m, "Cache", (PyObject *)&CacheType) < 0)
+            || PyModule_AddObject(m, "Cache", (PyObject *)&CacheType) < 0
+            || mix_add_types(m) < 0)
         return NULL;
     return m;
 }

@@ -64,6 +64,11 @@ def choose(engine: Engine) -> Engine | NativeEngine:
     return NativeEngine(engine)
 
 
+def mixer(n_streams: int, version: int, vocab: int):
+    """The core's mixer of one block's streams (``codec/mixer.py``'s interface)."""
+    return _core.Mixer(n_streams, version, vocab)
+
+
 def _i8(w: torch.Tensor) -> bytes:
     """An engine weight ([K, N], int8-valued) as int8 rows [N, K]."""
     return w.T.contiguous().to(torch.int8).numpy().tobytes()
@@ -124,6 +129,14 @@ class NativeEngine:
         out = np.empty((B, n, self.cfg.vocab), dtype=np.int64)
         cache.core.step(tokens.to(torch.int64).contiguous().numpy().tobytes(), n, out)
         return torch.from_numpy(out)
+
+    def decode(self, bos: int, streams: list[tuple[bytes, int]],
+               groups: list[tuple[int, int, int]]) -> list[list[int] | None]:
+        """Decode range-coder *streams* (words, token count) in one batch, all
+        in the core: model, mixing (*groups*: start, count, frame version of
+        consecutive streams sharing a mixer; the rest use the model alone) and
+        range decoder.  None for a stream its encoder cannot have written."""
+        return self.core.decode(bos, [(bytes(w), n) for w, n in streams], groups)
 
     def freqs(self, logits: torch.Tensor) -> torch.Tensor:
         """Integer frequencies (each row sums to 2**24 - V), as Engine.freqs."""
