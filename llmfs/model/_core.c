@@ -1,11 +1,12 @@
 /* The native exact core: the integer forward pass of ``engine.py`` for the
  * ALiBi models (the shipped default, technical and starter), one position at
  * a time with a key/value ring buffer per stream, in C with no per-token
- * Python.  Every value is an integer and every sum is exact (int32 for
- * int8 x int8 dot products, int64 elsewhere), so the order of operations does
- * not matter and the tables equal the torch engine's bit for bit, whatever
- * the SIMD path the compiler picked (``target_clones``: AVX2 where the CPU
- * has it, else the portable build of the same C).
+ * Python; and ``Model.decode``, which decodes a whole batch of range-coder
+ * streams (model, mixing and decoder, ``_mix.c``) in one call.  Every value
+ * is an integer and every sum is exact (int32 for int8 x int8 dot products,
+ * int64 elsewhere), so the order of operations does not matter and the
+ * tables equal the torch engine's bit for bit, whatever the SIMD path chosen
+ * at import (AVX-512 VNNI, AVX2 or the portable C; ``simd()``).
  *
  * Python side: ``llmfs/model/native.py`` builds the weight buffers from the
  * torch engine's tensors and wraps ``Model``/``Cache`` behind the engine's
@@ -17,15 +18,36 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #define SHIFT 24
 #define RECIP 40
+#define ROWS 512                    /* rows (streams x positions) a forward pass runs at most */
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
-#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SIMD_CLONES
+/* -- memory ----------------------------------------------------------------- */
+
+/* The weights and the key/value rings are read once per step, megabytes of
+ * them: on 4 KiB pages that is over a thousand TLB entries a step, and the
+ * page walks (costly in a virtual machine) stalled the kernels.  Large
+ * blocks are asked for on transparent huge pages.  Zeroed. */
+#define HUGE (2u << 20)
+
+static void *big_alloc(size_t n)
+{
+    void *p = NULL;
+    if (n < HUGE)
+        return calloc(n ? n : 1, 1);
+    n = (n + HUGE - 1) / HUGE * HUGE;
+    if (posix_memalign(&p, HUGE, n))
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, n, MADV_HUGEPAGE);
 #endif
+    memset(p, 0, n);
+    return p;
+}
 
 /* -- exact integer kernels ------------------------------------------------ */
 
@@ -69,20 +91,31 @@ static inline void put_block(int32_t *out, int b, int N, int nb, const int32_t *
         out[(size_t)b * N + nb * NBLK + j] = acc[j];
 }
 
+#define PSUB 16      /* outputs the portable matmul sums at once: its sums fit in registers */
+
 static void matmul_portable(const int16_t *x, int B, const int16_t *w, int K, int N,
                             int32_t *out)
 {
-    /* out[b][n] = sum_k x[b][k] * w[n][k]: |sum| <= 127 * 127 * K < 2**31 */
+    /* out[b][n] = sum_k x[b][k] * w[n][k]: |sum| <= 127 * 127 * K < 2**31.  The
+     * even and odd inputs of a pair go to separate sums (acc2[2j], acc2[2j+1]),
+     * added at the end: straight loops the compiler vectorises for any CPU. */
     int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
     for (int nb = 0; nb < NB; nb++)
         for (int b = 0; b < B; b++) {
-            int32_t acc[NBLK] = {0};
+            int32_t acc[NBLK];
             const int16_t *xb = x + (size_t)b * K;
-            for (int k2 = 0; k2 < K2; k2++) {
-                int32_t xp = xpair(xb, k2, K), x0 = (int16_t)(xp & 0xFFFF), x1 = xp >> 16;
-                const int16_t *wp = w + ((size_t)nb * K2 + k2) * NBLK * 2;
-                for (int j = 0; j < NBLK; j++)
-                    acc[j] += x0 * wp[2 * j] + x1 * wp[2 * j + 1];
+            for (int sub = 0; sub < NBLK; sub += PSUB) {
+                int32_t acc2[2 * PSUB] = {0};
+                for (int k2 = 0; k2 < K2; k2++) {
+                    int32_t xp = xpair(xb, k2, K), x0 = (int16_t)(xp & 0xFFFF), x1 = xp >> 16;
+                    const int16_t *wp = w + (((size_t)nb * K2 + k2) * NBLK + sub) * 2;
+                    for (int t = 0; t < 2 * PSUB; t += 2) {
+                        acc2[t] += x0 * wp[t];
+                        acc2[t + 1] += x1 * wp[t + 1];
+                    }
+                }
+                for (int j = 0; j < PSUB; j++)
+                    acc[sub + j] = acc2[2 * j] + acc2[2 * j + 1];
             }
             put_block(out, b, N, nb, acc);
         }
@@ -143,6 +176,168 @@ static void matmul_vnni(const int16_t *x, int B, const int16_t *w, int K, int N,
 }
 #endif
 
+/* Attention.  Keys are cached as [hd/2][W][2] (the two channels of a pair
+ * side by side for each ring slot: what vpmaddwd multiplies by a pair of
+ * query channels), values transposed as [hd][W].  The portable loops and the
+ * AVX2 kernels compute the same exact int32 sums. */
+
+static inline int32_t qpair(const int8_t *q, int c2, int hd)
+{
+    int16_t q0 = q[2 * c2], q1 = 2 * c2 + 1 < hd ? q[2 * c2 + 1] : 0;
+    return (int32_t)(((uint32_t)(uint16_t)q1 << 16) | (uint16_t)q0);
+}
+
+static void scores_portable(const int8_t *q, const int8_t *kp, int hd, int W, int32_t *z)
+{
+    /* z[s] = sum_c q[c] * k[c][s] over every ring slot s */
+    memset(z, 0, (size_t)W * sizeof(int32_t));
+    for (int c2 = 0; c2 < (hd + 1) / 2; c2++) {
+        int32_t qp = qpair(q, c2, hd), q0 = (int16_t)(qp & 0xFFFF), q1 = qp >> 16;
+        const int8_t *row = kp + (size_t)c2 * W * 2;
+        for (int s = 0; s < W; s++)
+            z[s] += q0 * row[2 * s] + q1 * row[2 * s + 1];
+    }
+}
+
+static void weigh_portable(const int16_t *ehi, const int16_t *elo, const int8_t *vt, int hd,
+                           int W, int64_t *num)
+{
+    /* num[i] = sum_s e[s] * v[i][s] with e = 256 hi + lo split so both sums stay in
+     * int32: |sum| <= W * 256 * 127 < 2**31 for W <= 65536 */
+    for (int i = 0; i < hd; i++) {
+        const int8_t *v = vt + (size_t)i * W;
+        int32_t hi = 0, lo = 0;
+        for (int s = 0; s < W; s++) {
+            hi += (int32_t)ehi[s] * v[s];
+            lo += (int32_t)elo[s] * v[s];
+        }
+        num[i] = ((int64_t)hi << 8) + lo;
+    }
+}
+
+#if defined(HAVE_AVX2_PATH)
+__attribute__((target("avx2")))
+static void scores_avx2(const int8_t *q, const int8_t *kp, int hd, int W, int32_t *z)
+{
+    int s = 0, H2 = (hd + 1) / 2;
+    for (; s + 32 <= W; s += 32) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int c2 = 0; c2 < H2; c2++) {
+            __m256i qv = _mm256_set1_epi32(qpair(q, c2, hd));
+            const int8_t *row = kp + ((size_t)c2 * W + s) * 2;
+#define KP(o) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + (o))))
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(KP(0), qv));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(KP(16), qv));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(KP(32), qv));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(KP(48), qv));
+#undef KP
+        }
+        _mm256_storeu_si256((__m256i *)(z + s), a0);
+        _mm256_storeu_si256((__m256i *)(z + s + 8), a1);
+        _mm256_storeu_si256((__m256i *)(z + s + 16), a2);
+        _mm256_storeu_si256((__m256i *)(z + s + 24), a3);
+    }
+    for (; s < W; s++) {
+        int32_t acc = 0;
+        for (int c2 = 0; c2 < H2; c2++) {
+            int32_t qp = qpair(q, c2, hd);
+            const int8_t *k = kp + ((size_t)c2 * W + s) * 2;
+            acc += (int16_t)(qp & 0xFFFF) * k[0] + (qp >> 16) * k[1];
+        }
+        z[s] = acc;
+    }
+}
+
+__attribute__((target("avx2")))
+static inline int32_t hsum8(__m256i v)
+{
+    __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+    return _mm_cvtsi128_si32(x);
+}
+
+__attribute__((target("avx2")))
+static void weigh_avx2(const int16_t *ehi, const int16_t *elo, const int8_t *vt, int hd, int W,
+                       int64_t *num)
+{
+    int W16 = W / 16 * 16;
+    for (int i = 0; i < hd; i++) {
+        const int8_t *v = vt + (size_t)i * W;
+        __m256i h = _mm256_setzero_si256(), l = h;
+        for (int s = 0; s < W16; s += 16) {
+            __m256i vv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(v + s)));
+            h = _mm256_add_epi32(h, _mm256_madd_epi16(
+                    _mm256_loadu_si256((const __m256i *)(ehi + s)), vv));
+            l = _mm256_add_epi32(l, _mm256_madd_epi16(
+                    _mm256_loadu_si256((const __m256i *)(elo + s)), vv));
+        }
+        int32_t hi = hsum8(h), lo = hsum8(l);
+        for (int s = W16; s < W; s++) {
+            hi += (int32_t)ehi[s] * v[s];
+            lo += (int32_t)elo[s] * v[s];
+        }
+        num[i] = ((int64_t)hi << 8) + lo;
+    }
+}
+#endif
+
+/* The attention weights of one head over the ring: z[s] = round(dots[s] / 2**sh)
+ * - bias(distance of slot s), e[s] = exp table[min(max z - z[s], n - 1)] split as
+ * 256 hi + lo; returns the sum of e.  Slot `slot` holds the newest key; with
+ * nk < W keys (the ring not yet full) they are slots 0 .. slot.  rbias is the
+ * head's ALiBi bias by distance, reversed, so both runs of slots read it
+ * forwards (and the compiler vectorises the loops).  int32 throughout: the
+ * model's load checks the bounds that keep it exact. */
+#define SOFTMAX_BODY                                                                  \
+    int32_t rnd = (int32_t)1 << (sh - 1), zmax = INT32_MIN;                           \
+    int full = nk == W;                                                               \
+    const int32_t *rb = rbias + (W - 1 - slot);                                       \
+    for (int s = 0; s <= slot; s++) {                                                 \
+        z[s] = ((dots[s] + rnd) >> sh) - rb[s];                                       \
+        zmax = z[s] > zmax ? z[s] : zmax;                                             \
+    }                                                                                 \
+    for (int s = slot + 1; full && s < W; s++) {                                      \
+        z[s] = ((dots[s] + rnd) >> sh) - rbias[s - slot - 1];                         \
+        zmax = z[s] > zmax ? z[s] : zmax;                                             \
+    }                                                                                 \
+    int64_t sum = 0;                                                                  \
+    int top = n_exp - 1, end = full ? W : slot + 1;                                   \
+    for (int s = 0; s < end; s++) {                                                   \
+        int32_t gap = zmax - z[s];                                                    \
+        int32_t e = exp32[gap < top ? gap : top];                                     \
+        sum += e;                                                                     \
+        ehi[s] = (int16_t)(e >> 8);                                                   \
+        elo[s] = (int16_t)(e & 255);                                                  \
+    }                                                                                 \
+    for (int s = end; s < W; s++)                                                     \
+        ehi[s] = elo[s] = 0;                                                          \
+    return sum;
+
+#define SOFTMAX_ARGS const int32_t *dots, const int32_t *rbias, int sh, int slot, int nk, \
+    int W, const int32_t *exp32, int n_exp, int32_t *z, int16_t *ehi, int16_t *elo
+
+static int64_t softmax_portable(SOFTMAX_ARGS)
+{
+    SOFTMAX_BODY
+}
+
+#if defined(HAVE_AVX2_PATH)
+__attribute__((target("avx2")))
+static int64_t softmax_avx2(SOFTMAX_ARGS)
+{
+    SOFTMAX_BODY
+}
+#endif
+
+typedef int64_t (*softmax_fn)(SOFTMAX_ARGS);
+static softmax_fn softmax = softmax_portable;
+
+typedef void (*scores_fn)(const int8_t *, const int8_t *, int, int, int32_t *);
+typedef void (*weigh_fn)(const int16_t *, const int16_t *, const int8_t *, int, int, int64_t *);
+static scores_fn scores = scores_portable;
+static weigh_fn weigh = weigh_portable;
+
 typedef void (*matmul_fn)(const int16_t *, int, const int16_t *, int, int, int32_t *);
 static matmul_fn matmul = matmul_portable;
 static const char *simd_path = "portable";
@@ -151,6 +346,9 @@ static int use_simd(const char *name)
 {
     if (!strcmp(name, "portable")) {
         matmul = matmul_portable;
+        scores = scores_portable;
+        weigh = weigh_portable;
+        softmax = softmax_portable;
         simd_path = "portable";
         return 0;
     }
@@ -158,12 +356,18 @@ static int use_simd(const char *name)
     __builtin_cpu_init();
     if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2")) {
         matmul = matmul_avx2;
+        scores = scores_avx2;
+        weigh = weigh_avx2;
+        softmax = softmax_avx2;
         simd_path = "avx2";
         return 0;
     }
     if (!strcmp(name, "avx512vnni") && __builtin_cpu_supports("avx512f")
             && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) {
         matmul = matmul_vnni;
+        scores = scores_avx2;
+        weigh = weigh_avx2;
+        softmax = softmax_avx2;
         simd_path = "avx512vnni";
         return 0;
     }
@@ -172,32 +376,6 @@ static int use_simd(const char *name)
 }
 
 static const char *const simd_order[] = {"avx512vnni", "avx2", "portable"};   /* fastest first */
-
-SIMD_CLONES
-static void scores(const int8_t *q, const int8_t *kt, int hd, int W, int32_t *z)
-{
-    /* z[s] = sum_c q[c] * kt[c][s] over every ring slot s (keys transposed) */
-    memset(z, 0, (size_t)W * sizeof(int32_t));
-    for (int c = 0; c < hd; c++) {
-        int32_t qc = q[c];
-        const int8_t *row = kt + (size_t)c * W;
-        for (int s = 0; s < W; s++)
-            z[s] += qc * row[s];
-    }
-}
-
-SIMD_CLONES
-static int64_t weigh(const int16_t *ehi, const int16_t *elo, const int8_t *vt, int W)
-{
-    /* sum_s e[s] * v[s] with e = 256 hi + lo split so both sums stay in
-     * int32: |sum| <= W * 256 * 127 < 2**31 for W <= 65536 */
-    int32_t hi = 0, lo = 0;
-    for (int s = 0; s < W; s++) {
-        hi += (int32_t)ehi[s] * vt[s];
-        lo += (int32_t)elo[s] * vt[s];
-    }
-    return ((int64_t)hi << 8) + lo;
-}
 
 static inline int64_t requant(int64_t acc, int64_t m)
 {
@@ -233,6 +411,8 @@ typedef struct {
     const int16_t *head;       /* packed [V][d] */
     const int64_t *head_m, *norm_f, *exp_vocab, *exp_attn;
     const int32_t *alibi;      /* [H, W] ALiBi bias by distance */
+    int32_t *rbias;            /* [H, W] the same reversed (owned) */
+    int32_t *exp32;            /* exp_attn as int32 (owned) */
     struct Layer {
         const int16_t *wqkv, *wo, *w1, *w2;   /* packed (see pack) */
         const int64_t *qkv_m, *wo_m, *w1_m, *w2_m, *norm1, *norm2;
@@ -260,7 +440,9 @@ static void Model_dealloc(Model *self)
 {
     Py_XDECREF(self->keep);
     PyMem_Free(self->layers);
-    PyMem_Free(self->w16);
+    free(self->w16);
+    PyMem_Free(self->rbias);
+    PyMem_Free(self->exp32);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -285,7 +467,7 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     self->eps = v[11]; self->total = v[12];
     int d = self->d, H = self->H, KV = self->KV, hd = self->hd, ff = self->ff, V = self->V;
     int L = self->L, G = 2 * self->gelu_n + 1, qkv = (H + 2 * KV) * hd;
-    if (d <= 0 || H <= 0 || KV <= 0 || H % KV || hd <= 0 || H * hd != d || ff <= 0 || V <= 0
+    if (d <= 0 || H <= 0 || KV <= 0 || H % KV || hd <= 0 || hd % 2 || H * hd != d || ff <= 0 || V <= 0
             || L <= 0 || self->W <= 0 || self->W > 65536 || d > 4096 || ff > 65536
             || self->gelu_n < 0 || self->n_exp_attn <= 0 || self->n_exp_vocab <= 0) {
         PyErr_SetString(PyExc_ValueError, "implausible model dimensions");
@@ -304,7 +486,7 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     self->keep = bufs;
     size_t total16 = packed_size(V, d) + (size_t)L * (packed_size(qkv, d) + packed_size(d, d)
                                                       + packed_size(ff, d) + packed_size(d, ff));
-    self->w16 = PyMem_Malloc(total16 * sizeof(int16_t));
+    self->w16 = big_alloc(total16 * sizeof(int16_t));
     if (!self->w16) {
         PyErr_NoMemory();
         return -1;
@@ -342,6 +524,32 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "exp tables must start positive");
         return -1;
     }
+    /* the bounds that keep the attention's int32 arithmetic exact (softmax) */
+    self->rbias = PyMem_Malloc((size_t)H * self->W * sizeof(int32_t));
+    self->exp32 = PyMem_Malloc((size_t)self->n_exp_attn * sizeof(int32_t));
+    if (!self->rbias || !self->exp32) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < H * self->W; i++) {
+        if (self->alibi[i] < -(1 << 24) || self->alibi[i] > (1 << 24)) {
+            PyErr_SetString(PyExc_ValueError, "ALiBi bias out of range");
+            return -1;
+        }
+        int h = i / self->W, k = i % self->W;
+        self->rbias[(size_t)h * self->W + self->W - 1 - k] = self->alibi[i];
+    }
+    for (int i = 0; i < self->n_exp_attn; i++) {
+        if (self->exp_attn[i] < 0 || self->exp_attn[i] > (1 << 22)) {
+            PyErr_SetString(PyExc_ValueError, "attention exp table out of range");
+            return -1;
+        }
+        self->exp32[i] = (int32_t)self->exp_attn[i];
+    }
+    if (hd * 127 * 127 > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "head dimension too large for the core");
+        return -1;
+    }
     for (int l = 0; l < L; l++)
         for (int h = 0; h < H; h++)
             if (self->layers[l].shift[h] < 1 || self->layers[l].shift[h] > 30) {
@@ -358,13 +566,14 @@ typedef struct {
     Model *model;
     int B;
     int64_t fill;              /* positions seen (shared by the batch, as KVCache.fill) */
-    int8_t *k, *v;             /* [L][B][KV][hd][W]: transposed rings of W positions */
+    int8_t *k, *v;             /* [L][B][KV] rings of W positions: keys [hd/2][W][2], values
+                                  [hd][W] (see the attention kernels) */
 } Cache;
 
 static void Cache_dealloc(Cache *self)
 {
-    PyMem_Free(self->k);
-    PyMem_Free(self->v);
+    free(self->k);
+    free(self->v);
     Py_XDECREF(self->model);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -382,8 +591,8 @@ static int Cache_init(Cache *self, PyObject *args, PyObject *kw)
         return -1;
     }
     size_t n = (size_t)m->L * B * m->W * m->KV * m->hd;
-    self->k = PyMem_Calloc(n, 1);
-    self->v = PyMem_Calloc(n, 1);
+    self->k = big_alloc(n);
+    self->v = big_alloc(n);
     if (!self->k || !self->v) {
         PyErr_NoMemory();
         return -1;
@@ -415,8 +624,9 @@ typedef struct {           /* per-step scratch for a batch of B streams */
     int8_t *qkv;           /* [B][qkv] */
     int16_t *a;            /* [B][d] attention outputs */
     int32_t *dots;         /* [W] q.k of every ring slot */
-    int64_t *z;            /* [W] attention logits of the visible keys */
+    int32_t *z;            /* [W] attention logits by ring slot */
     int16_t *ehi, *elo;    /* [W] their exp weights, split as 256 hi + lo */
+    int64_t *num;          /* [hd] the weighted sums of the values */
 } Scratch;
 
 static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const int8_t *qkv,
@@ -424,100 +634,83 @@ static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const
 {
     int H = m->H, KV = m->KV, hd = m->hd, W = m->W, group = H / KV;
     int64_t first = pos - W + 1 < 0 ? 0 : pos - W + 1;
-    int slot = (int)(pos % W), fs = (int)(first % W), nk = (int)(pos - first + 1);
+    int slot = (int)(pos % W), nk = (int)(pos - first + 1);
     size_t head = (size_t)hd * W;
     size_t row = ((size_t)l * c->B + b) * KV * head;
     int8_t *kc = c->k + row, *vc = c->v + row;
-    for (int i = 0; i < KV * hd; i++) {     /* the new key and value into their slot */
-        kc[(size_t)i * W + slot] = qkv[H * hd + i];
-        vc[(size_t)i * W + slot] = qkv[(H + KV) * hd + i];
-    }
-    for (int h = 0; h < H; h++) {
-        const int8_t *kt = kc + (h / group) * head, *vt = vc + (h / group) * head;
-        int sh = m->layers[l].shift[h];
-        const int32_t *bias = m->alibi + (size_t)h * W;
-        scores(qkv + h * hd, kt, hd, W, S->dots);
-        /* the visible keys are ring slots fs, fs + 1, ... (mod W), distances nk - 1 .. 0 */
-        int64_t zmax = INT64_MIN;
-        for (int j = 0, at = fs; j < nk; j++, at = at + 1 == W ? 0 : at + 1) {
-            int64_t zz = (((int64_t)S->dots[at] + ((int64_t)1 << (sh - 1))) >> sh)
-                         - bias[nk - 1 - j];
-            S->z[j] = zz;
-            if (zz > zmax)
-                zmax = zz;
-        }
-        int64_t s = 0;
-        if (nk < W) {
-            memset(S->ehi, 0, (size_t)W * sizeof(int16_t));
-            memset(S->elo, 0, (size_t)W * sizeof(int16_t));
-        }
-        for (int j = 0, at = fs; j < nk; j++, at = at + 1 == W ? 0 : at + 1) {
-            int64_t gap = zmax - S->z[j];
-            if (gap > m->n_exp_attn - 1)
-                gap = m->n_exp_attn - 1;
-            int64_t e = m->exp_attn[gap];
-            s += e;
-            S->ehi[at] = (int16_t)(e >> 8);
-            S->elo[at] = (int16_t)(e & 255);
-        }
-        int64_t inv = ((int64_t)1 << RECIP) / s;
+    for (int kv = 0; kv < KV; kv++)         /* the new key and value into their slot */
         for (int i = 0; i < hd; i++) {
-            int64_t num = weigh(S->ehi, S->elo, vt + (size_t)i * W, W);
-            a[h * hd + i] = (int16_t)((num * inv + ((int64_t)1 << (RECIP - 1))) >> RECIP);
+            kc[kv * head + ((size_t)(i >> 1) * W + slot) * 2 + (i & 1)] = qkv[(H + kv) * hd + i];
+            vc[kv * head + (size_t)i * W + slot] = qkv[(H + KV + kv) * hd + i];
         }
+    for (int h = 0; h < H; h++) {
+        const int8_t *kp = kc + (h / group) * head, *vt = vc + (h / group) * head;
+        scores(qkv + h * hd, kp, hd, W, S->dots);
+        int64_t s = softmax(S->dots, m->rbias + (size_t)h * W, m->layers[l].shift[h], slot, nk,
+                            W, m->exp32, m->n_exp_attn, S->z, S->ehi, S->elo);
+        int64_t inv = ((int64_t)1 << RECIP) / s;
+        weigh(S->ehi, S->elo, vt, hd, W, S->num);
+        for (int i = 0; i < hd; i++)
+            a[h * hd + i] = (int16_t)((S->num[i] * inv + ((int64_t)1 << (RECIP - 1))) >> RECIP);
     }
 }
 
-/* One position of every stream: tokens[b * tstride] in, logits[b * lstride] out. */
-static void forward(const Model *m, Cache *c, int64_t pos, const int64_t *tokens,
+/* Positions pos0 .. pos0 + n of every stream: row (b, j) reads token
+ * tokens[b * tstride + j] and writes its logits at logits + b * lstride + j * V.
+ * The matmuls run on all B * n rows at once (each weight read once for them
+ * all); attention goes row by row, each stream's positions in order, so each
+ * key/value enters its ring slot just before the position that adds it. */
+static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t *tokens,
                     size_t tstride, int64_t *logits, size_t lstride, Scratch *S)
 {
-    int B = c->B, d = m->d, ff = m->ff, G = 2 * m->gelu_n + 1, qkvn = (m->H + 2 * m->KV) * m->hd;
-    for (int b = 0; b < B; b++)
-        memcpy(S->x + (size_t)b * d, m->emb + (size_t)tokens[b * tstride] * d, (size_t)d * 8);
+    int R = c->B * n, d = m->d, ff = m->ff, G = 2 * m->gelu_n + 1;
+    int qkvn = (m->H + 2 * m->KV) * m->hd;
+    for (int r = 0; r < R; r++)
+        memcpy(S->x + (size_t)r * d, m->emb + (size_t)tokens[(r / n) * tstride + r % n] * d,
+               (size_t)d * 8);
     for (int l = 0; l < m->L; l++) {
         const struct Layer *lw = &m->layers[l];
-        for (int b = 0; b < B; b++)
-            norm(m, S->x + (size_t)b * d, lw->norm1, S->y + (size_t)b * d);
-        matmul(S->y, B, lw->wqkv, d, qkvn, S->acc);
-        for (int b = 0; b < B; b++) {
-            int8_t *q = S->qkv + (size_t)b * qkvn;
-            const int32_t *ac = S->acc + (size_t)b * qkvn;
+        for (int r = 0; r < R; r++)
+            norm(m, S->x + (size_t)r * d, lw->norm1, S->y + (size_t)r * d);
+        matmul(S->y, R, lw->wqkv, d, qkvn, S->acc);
+        for (int r = 0; r < R; r++) {
+            int8_t *q = S->qkv + (size_t)r * qkvn;
+            const int32_t *ac = S->acc + (size_t)r * qkvn;
             for (int i = 0; i < qkvn; i++)
                 q[i] = clamp8(requant(ac[i], lw->qkv_m[i]));
-            attention(m, c, l, b, pos, q, S->a + (size_t)b * d, S);
+            attention(m, c, l, r / n, pos0 + r % n, q, S->a + (size_t)r * d, S);
         }
-        matmul(S->a, B, lw->wo, d, d, S->acc);
-        for (int b = 0; b < B; b++) {
-            int64_t *x = S->x + (size_t)b * d;
-            const int32_t *ac = S->acc + (size_t)b * d;
+        matmul(S->a, R, lw->wo, d, d, S->acc);
+        for (int r = 0; r < R; r++) {
+            int64_t *x = S->x + (size_t)r * d;
+            const int32_t *ac = S->acc + (size_t)r * d;
             for (int i = 0; i < d; i++)
                 x[i] += requant(ac[i], lw->wo_m[i]);
-            norm(m, x, lw->norm2, S->y + (size_t)b * d);
+            norm(m, x, lw->norm2, S->y + (size_t)r * d);
         }
-        matmul(S->y, B, lw->w1, d, ff, S->acc);
+        matmul(S->y, R, lw->w1, d, ff, S->acc);
         for (int i = 0; i < ff; i++) {    /* channel-major: one GELU table row stays cached */
             const int8_t *table = lw->gelu + (size_t)i * G + m->gelu_n;
-            for (int b = 0; b < B; b++) {
-                int64_t idx = requant(S->acc[(size_t)b * ff + i], lw->w1_m[i]);
+            for (int r = 0; r < R; r++) {
+                int64_t idx = requant(S->acc[(size_t)r * ff + i], lw->w1_m[i]);
                 idx = idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx;
-                S->y[(size_t)b * ff + i] = table[idx];    /* GELU outputs: inputs of w2 */
+                S->y[(size_t)r * ff + i] = table[idx];    /* GELU outputs: inputs of w2 */
             }
         }
-        matmul(S->y, B, lw->w2, ff, d, S->acc);
-        for (int b = 0; b < B; b++) {
-            int64_t *x = S->x + (size_t)b * d;
-            const int32_t *ac = S->acc + (size_t)b * d;
+        matmul(S->y, R, lw->w2, ff, d, S->acc);
+        for (int r = 0; r < R; r++) {
+            int64_t *x = S->x + (size_t)r * d;
+            const int32_t *ac = S->acc + (size_t)r * d;
             for (int i = 0; i < d; i++)
                 x[i] += requant(ac[i], lw->w2_m[i]);
         }
     }
-    for (int b = 0; b < B; b++)
-        norm(m, S->x + (size_t)b * d, m->norm_f, S->y + (size_t)b * d);
-    matmul(S->y, B, m->head, d, m->V, S->acc);
-    for (int b = 0; b < B; b++) {
-        const int32_t *ac = S->acc + (size_t)b * m->V;
-        int64_t *o = logits + b * lstride;
+    for (int r = 0; r < R; r++)
+        norm(m, S->x + (size_t)r * d, m->norm_f, S->y + (size_t)r * d);
+    matmul(S->y, R, m->head, d, m->V, S->acc);
+    for (int r = 0; r < R; r++) {
+        const int32_t *ac = S->acc + (size_t)r * m->V;
+        int64_t *o = logits + (r / n) * lstride + (size_t)(r % n) * m->V;
         for (int i = 0; i < m->V; i++)
             o[i] = requant(ac[i], m->head_m[i]);
     }
@@ -534,6 +727,7 @@ static void scratch_free(Scratch *S)
     PyMem_Free(S->z);
     PyMem_Free(S->ehi);
     PyMem_Free(S->elo);
+    PyMem_Free(S->num);
 }
 
 static int scratch_alloc(Scratch *S, const Model *m, int B)
@@ -549,10 +743,12 @@ static int scratch_alloc(Scratch *S, const Model *m, int B)
     S->qkv = PyMem_Malloc((size_t)B * qkvn);
     S->a = PyMem_Malloc((size_t)B * m->d * 2);
     S->dots = PyMem_Malloc((size_t)m->W * 4);
-    S->z = PyMem_Malloc((size_t)m->W * 8);
+    S->z = PyMem_Malloc((size_t)m->W * 4);
     S->ehi = PyMem_Malloc((size_t)m->W * 2);
     S->elo = PyMem_Malloc((size_t)m->W * 2);
-    if (!S->x || !S->y || !S->acc || !S->qkv || !S->a || !S->dots || !S->z || !S->ehi || !S->elo) {
+    S->num = PyMem_Malloc((size_t)m->hd * 8);
+    if (!S->x || !S->y || !S->acc || !S->qkv || !S->a || !S->dots || !S->z || !S->ehi || !S->elo
+            || !S->num) {
         scratch_free(S);
         return -1;
     }
@@ -579,16 +775,18 @@ static PyObject *Cache_step(Cache *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "token id out of range");
             goto done;
         }
+    int sub = ROWS / B > n ? n : ROWS / B > 0 ? ROWS / B : 1;   /* positions per forward */
     Scratch S;
-    if (scratch_alloc(&S, m, B) < 0) {
+    if (scratch_alloc(&S, m, B * sub) < 0) {
         PyErr_NoMemory();
         goto done;
     }
     int64_t *o = out.buf;
     int64_t fill = self->fill;
     Py_BEGIN_ALLOW_THREADS
-    for (int j = 0; j < n; j++)
-        forward(m, self, fill + j, t + j, (size_t)n, o + (size_t)j * m->V, (size_t)n * m->V, &S);
+    for (int j = 0; j < n; j += sub)
+        forward(m, self, fill + j, n - j < sub ? n - j : sub, t + j, (size_t)n,
+                o + (size_t)j * m->V, (size_t)n * m->V, &S);
     Py_END_ALLOW_THREADS
     scratch_free(&S);
     self->fill = fill + n;
@@ -742,7 +940,7 @@ static int decode_loop(const Model *m, Cache *c, DStream *st, int *act, int nact
         rd_init(&st[act[r]].rd, st[act[r]].words, st[act[r]].n_words);
     }
     while (nact) {
-        forward(m, c, c->fill, cur, 1, logits, (size_t)V, &S);
+        forward(m, c, c->fill, 1, cur, 1, logits, (size_t)V, &S);
         c->fill++;
         for (int r = 0; r < nact; r++)
             freqs_row(m, logits + (size_t)r * V, fr + (size_t)r * V);
