@@ -11,7 +11,6 @@ path must give the same payload; the script checks it.  Not a test.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -54,8 +53,9 @@ def main() -> None:
         paths.append(("native core (portable)", model, "native", "portable"))
     if int8_mm_exact():
         paths.append(("torch, int8 matmul", model, "torch", None))
-    paths.append(("torch, float32 matmul", dataclasses.replace(
-        model, engine=Engine(model.cfg, load(model.data), int8=False)), "torch", None))
+    f32 = LanguageModel.from_bytes(model.data)
+    f32.engine = Engine(model.cfg, load(model.data), int8=False)
+    paths.append(("torch, float32 matmul", f32, "torch", None))
     print(f"model {model.id.hex()[:16]}; first {BLOCK} bytes; {args.threads} thread(s); "
           f"torch._int_mm exact here: {int8_mm_exact()}")
     print("| file | engine path | encode KB/s | decode KB/s (one block) |")

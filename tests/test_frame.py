@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import PROSE, TEXT
+from conftest import PROSE
 from llmfs.codec.frame import NGRAMS, READS, Codec, Frame, FrameError, checksum
 from llmfs.codec.policy import BlockCodec
 

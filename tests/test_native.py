@@ -1,6 +1,9 @@
 """The native exact core gives the torch engine's integers bit for bit."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import constriction
 import numpy as np
 import pytest
@@ -30,7 +33,7 @@ def lm(request, model) -> LanguageModel:
 
 def native_tables(eng, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
     cache = eng.new_cache()
-    return torch.cat([eng.step(tokens[:, i:i + chunk], cache)
+    return torch.cat([torch.from_numpy(eng.step(tokens[:, i:i + chunk].numpy(), cache))
                       for i in range(0, tokens.shape[1], chunk)], 1)
 
 
@@ -39,16 +42,16 @@ def test_tables_equal_the_torch_engine_past_the_window(lm):
     T = lm.cfg.window + 90                        # the ring buffer wraps
     tokens = torch.randint(0, lm.cfg.vocab, (3, T), generator=g)
     want = tables(lm.engine, tokens, 64)
-    eng = native.NativeEngine(lm.engine)
+    eng = native.NativeEngine.of(lm)
     for chunk in (1, 37, T):
         assert torch.equal(native_tables(eng, tokens, chunk), want), chunk
-    assert torch.equal(eng.freqs(want), lm.engine.freqs(want))
+    assert torch.equal(torch.from_numpy(eng.freqs(want.numpy())), lm.engine.freqs(want))
 
 
 def test_adversarial_tokens_and_logits(model):
     """Runs of one token drive activations to the clamps; flat and extreme
     logits exercise the frequency tables' edges."""
-    eng = native.NativeEngine(model.engine)
+    eng = native.NativeEngine.of(model)
     for tok in (0, model.cfg.vocab - 1, int(model.tokenizer.encode(b" ")[0])):
         tokens = torch.full((2, 300), tok)
         assert torch.equal(native_tables(eng, tokens, 300), tables(model.engine, tokens, 300))
@@ -56,7 +59,7 @@ def test_adversarial_tokens_and_logits(model):
     logits = torch.stack([torch.zeros(V, dtype=torch.int64),
                           torch.arange(V, dtype=torch.int64) * -1000,
                           torch.full((V,), -(1 << 40), dtype=torch.int64)])
-    assert torch.equal(eng.freqs(logits), model.engine.freqs(logits))
+    assert torch.equal(torch.from_numpy(eng.freqs(logits.numpy())), model.engine.freqs(logits))
 
 
 def test_every_simd_path_gives_the_portable_integers(model):
@@ -72,7 +75,7 @@ def test_every_simd_path_gives_the_portable_integers(model):
     cases = [torch.randint(0, model.cfg.vocab, (3, 280), generator=g),
              torch.full((2, 280), model.cfg.vocab - 1)]
     want = [tables(model.engine, t, 280) for t in cases]
-    eng = native.NativeEngine(model.engine)
+    eng = native.NativeEngine.of(model)
     try:
         for path in paths:
             assert _core.simd(path) == path
@@ -85,9 +88,9 @@ def test_every_simd_path_gives_the_portable_integers(model):
 
 
 def test_bad_input_is_an_error_not_a_crash(model):
-    eng = native.NativeEngine(model.engine)
+    eng = native.NativeEngine.of(model)
     cache = eng.new_cache()
-    for bad in (torch.tensor([[model.cfg.vocab]]), torch.tensor([[-1]])):
+    for bad in (np.array([[model.cfg.vocab]]), np.array([[-1]])):
         with pytest.raises(ValueError, match="token id out of range"):
             eng.step(bad, cache)
     with pytest.raises(ValueError):
@@ -97,14 +100,14 @@ def test_bad_input_is_an_error_not_a_crash(model):
 def test_select_keeps_the_right_streams(model):
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, model.cfg.vocab, (4, 40), generator=g)
-    eng = native.NativeEngine(model.engine)
+    eng = native.NativeEngine.of(model)
     cache, ref = eng.new_cache(), model.engine.new_cache()
-    eng.step(tokens[:, :20], cache)
+    eng.step(tokens[:, :20].numpy(), cache)
     model.engine.step(tokens[:, :20], ref)
-    rows = torch.tensor([0, 2, 3])
+    rows = [0, 2, 3]
     cache.select(rows)
     ref.select(rows)
-    assert torch.equal(eng.step(tokens[rows, 20:], cache),
+    assert torch.equal(torch.from_numpy(eng.step(tokens[rows, 20:].numpy(), cache)),
                        model.engine.step(tokens[rows, 20:], ref))
 
 
@@ -214,6 +217,24 @@ def test_fuzzed_payloads_are_errors_or_caught(model):
         assert got[0] is None or (len(got[0]) == n and all(0 <= t < model.cfg.vocab
                                                              for t in got[0]))
         assert model.tokenizer.decode([t for s in got[1:] for t in s]) == PROSE * 2
+
+
+def test_decoding_with_the_core_never_imports_torch(tmp_path):
+    """A worker (and `llmfs decompress`) decoding with the core loads the
+    model and codes without torch: seconds off a cold first byte."""
+    code = ("import sys\n"
+            "from llmfs.codec.llm import LLMCodec\n"
+            "from llmfs.codec.workers import _init\n"
+            "from llmfs.model.modelfile import LanguageModel\n"
+            "m = LanguageModel.load()\n"
+            "_init(m.data)\n"
+            "from llmfs.codec import workers\n"
+            "c = workers._codec\n"
+            f"data = {PROSE!r}\n"
+            "assert m.tokenizer.decode(c.decode_many([c.encode(data)])[0]) == data\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_a_bad_setting_is_named():

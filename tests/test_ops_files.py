@@ -22,7 +22,7 @@ def test_default_config_is_the_defaults_and_documents_every_key():
     assert Config.load(ROOT / "configs" / "default.toml") == Config()
     text = (ROOT / "configs" / "default.toml").read_text()
     for f in fields(Config):
-        assert f"\n# " in text.split(f"\n{f.name} = ")[0][-200:], f"{f.name} undocumented"
+        assert "\n# " in text.split(f"\n{f.name} = ")[0][-200:], f"{f.name} undocumented"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")

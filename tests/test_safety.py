@@ -153,6 +153,12 @@ def _workers(pid: int) -> set[int]:
     return out
 
 
+def _cpu_ticks(pids: set[int]) -> int:
+    """CPU time (user + system clock ticks) the processes *pids* have used."""
+    return sum(sum(map(int, Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+               for p in pids)
+
+
 def _wait_workers(pid: int, timeout: float = 60) -> set[int]:
     end = time.time() + timeout
     while not (found := _workers(pid)):
@@ -185,8 +191,13 @@ def test_killed_model_worker_is_restarted_and_reads_go_on(tmp_path, model):
         assert not fresh & idle
         got: list[bytes] = []
         reader = threading.Thread(target=lambda: got.append(m.path("c").read_bytes()))
+        while (before := _cpu_ticks(fresh)) != (time.sleep(0.3) or _cpu_ticks(fresh)):
+            pass                                             # the new workers are idle
         reader.start()
-        time.sleep(1.0)                                      # 4 blocks: ~1 s each here
+        end = time.time() + 30
+        while _cpu_ticks(fresh) == before:                   # until a worker is decoding
+            assert time.time() < end, "the workers never started decoding"
+            time.sleep(0.01)
         assert reader.is_alive()
         for pid in fresh:                                    # killed mid-batch
             os.kill(pid, signal.SIGKILL)

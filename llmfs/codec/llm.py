@@ -19,10 +19,9 @@ import math
 
 import constriction
 import numpy as np
-import torch
 
 from ..model import native
-from ..model.engine import FREQ_BITS
+from ..model.intformat import FREQ_BITS
 from ..model.modelfile import LanguageModel
 from .frame import MODEL_ALONE, VERSION
 from .mixer import Stats, new_mixer
@@ -36,7 +35,7 @@ class LLMCodec:
 
     def __init__(self, model: LanguageModel, chunk: int | None = None) -> None:
         self.model = model
-        self.engine = native.choose(model.engine)   # the C core where it runs the model
+        self.engine = native.choose(model)   # the C core where it runs the model
         self.chunk = chunk or model.cfg.window
         ids = model.tokenizer.encode(b"\n")
         self.bos = int(ids[0])  # fixed first context token: the model saw "\n" before documents
@@ -57,7 +56,6 @@ class LLMCodec:
             toks[i, :len(part)] = part
         inp = np.empty_like(toks)                       # ... and its inputs
         inp[:, 0], inp[:, 1:] = self.bos, toks[:, :-1]
-        inp = torch.from_numpy(inp)
         lens = np.array([len(p) for p in parts], dtype=np.int64)
         chunk = min(self.chunk, max(16, 512 // B))      # 512 tables a step: cache-sized
         mixer = new_mixer(B, version, self.model.cfg.vocab)
@@ -65,8 +63,8 @@ class LLMCodec:
         stats = {m: np.zeros((B, L, 3), dtype=np.int64) for m in (False, True)}
         for start in range(0, L, chunk):
             end = min(L, start + chunk)
-            freqs = self.engine.freqs(self.engine.step(inp[:, start:end], cache)).cpu().numpy()
-            mixer.run(np.ascontiguousarray(freqs), toks, lens, start, stats[False], stats[True])
+            freqs = model_tables(self.engine, inp[:, start:end], cache)
+            mixer.run(freqs, toks, lens, start, stats[False], stats[True])
             # the abort test: once every stream is a window in (each cold start costs more,
             # so fewer tokens per stream would give up on blocks the model wins)
             if start < min(L, self.chunk) <= end and math.isfinite(abort_bpb):
@@ -147,9 +145,9 @@ class LLMCodec:
         mixers = [(new_mixer(len(g), version, vocab), g) for g, version in groups]
         active = list(decoders)
         cache = self.engine.new_cache()
-        cur = torch.full((len(active), 1), self.bos, dtype=torch.int64)
+        cur = np.full((len(active), 1), self.bos, dtype=np.int64)
         while active:
-            freqs = self.engine.freqs(self.engine.step(cur, cache)[:, 0]).cpu().numpy()
+            freqs = model_tables(self.engine, cur, cache)[:, 0]
             where = {i: row for row, i in enumerate(active)}
             steps = []                       # (mixer, rows, ids in its group)
             for mixer, g in mixers:
@@ -176,9 +174,21 @@ class LLMCodec:
             if len(keep) < len(active):
                 active = [active[r] for r in keep]
                 if active:
-                    cache.select(torch.tensor(keep))
-            cur = torch.tensor(nxt, dtype=torch.int64)[:, None]
+                    cache.select(keep)
+            cur = np.array(nxt, dtype=np.int64)[:, None]
         return out
+
+
+def model_tables(engine, tokens: np.ndarray, cache) -> np.ndarray:
+    """The frequency tables [B, n, V] (int64) of the next *tokens* [B, n] of a
+    batch, from the native core or the torch engine (torch is imported only
+    for the latter)."""
+    if isinstance(engine, native.NativeEngine):
+        return engine.freqs(engine.step(tokens, cache))
+    import torch
+
+    logits = engine.step(torch.from_numpy(np.ascontiguousarray(tokens)), cache)
+    return np.ascontiguousarray(engine.freqs(logits).cpu().numpy())
 
 
 def ideal_bits(stats: Stats) -> float:

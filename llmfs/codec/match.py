@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.engine import FREQ_BITS
+from ..model.intformat import FREQ_BITS
 
 ORDERS = (8, 4, 2, 1)   # context lengths looked up after a miss, longest first
 VERIFY = 64             # a new match's length is counted back at most this far

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.engine import FREQ_BITS
+from ..model.intformat import FREQ_BITS
 
 ONE = 1 << 16                      # weights are fixed point: ONE is probability 1
 CONTEXTS = (1, 2, 4)               # contexts of the caches besides the unigram one

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -38,14 +39,14 @@ class WorkerError(RuntimeError):
 
 
 def _init(model_bytes: bytes) -> None:
-    """Runs in each worker: only workers import torch and build the engine."""
+    """Runs in each worker: only workers build the engine.  With the native
+    core they never import torch; a torch engine (strong tier, or no core)
+    runs single-threaded."""
     global _codec
-    import torch
-
+    os.environ["OMP_NUM_THREADS"] = "1"     # read when torch is first imported
     from ..model.modelfile import LanguageModel
     from .llm import LLMCodec
 
-    torch.set_num_threads(1)
     _codec = LLMCodec(LanguageModel.from_bytes(model_bytes))
 
 

@@ -33,20 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .net import Config, alibi_slope_exponents
+from .intformat import (EXACT_F32_K, FREQ_BITS, FX, H_MAX, H_SHIFT_MAX, NORM_CB, NORM_R, RECIP,
+                        ROPE_BITS, SHIFT, ZA, Config, alibi_slope_exponents)
 
-SHIFT = 24           # requantisation multipliers are fixed point with 24 fractional bits
-FX = 10              # residual stream: value = x / 2**FX
-NORM_R = 6           # extra bits of the RMS in RMSNorm
-NORM_CB = 16         # fractional bits of the RMSNorm per-channel gains
-ZA = 64              # attention logits are in units of 1/ZA nat
-ZV = 256             # vocabulary logits are in units of 1/ZV nat
-FREQ_BITS = 24       # the range coder's total frequency is 2**FREQ_BITS
-EXACT_F32_K = 1024   # int8 x int8 sums over K <= 1024 stay below 2**24
-RECIP = 40           # fixed-point bits of per-row reciprocals (one division per row)
-ROPE_BITS = 14       # rotary tables are cos/sin * 2**ROPE_BITS
-H_MAX = 32767        # llama: the SwiGLU product is int16 ...
-H_SHIFT_MAX = 20     # ... shifted left by <= 20 bits per channel; its matmul runs in float64
 BAND = 64            # queries per group in banded attention (long chunks)
 
 
@@ -190,8 +179,9 @@ class KVCache:
     fill: int = 0
     pos: int = 0      # absolute position of the next token (rotary models)
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select(self, rows) -> None:
         """Keep only batch rows *rows* (sequences that are still decoding)."""
+        rows = torch.as_tensor(rows, dtype=torch.int64)
         self.k = [t.transpose(-1, -2).index_select(0, rows.to(t.device)).transpose(-1, -2)
                   for t in self.k]
         self.v = [t.index_select(0, rows.to(t.device)) for t in self.v]

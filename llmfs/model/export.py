@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import FX, NORM_CB, SHIFT, ZA, ZV
+from .intformat import FX, NORM_CB, SHIFT, ZA, ZV
 from .modelfile import save_model
 from .net import Config, Transformer
 from .tokenizer import ByteTokenizer

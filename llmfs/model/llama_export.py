@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .engine import FX, H_MAX, H_SHIFT_MAX, NORM_CB, ROPE_BITS, ZV
+from .intformat import FX, H_MAX, H_SHIFT_MAX, NORM_CB, ROPE_BITS, ZV
 from .export import GELU_N, _mult, _quant_rows, attention_scales, exp_tables, record_maxima
 from .llama import Llama, rope_angles
 

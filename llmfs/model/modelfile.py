@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-
-import torch
-from safetensors.torch import load, save
+from typing import TYPE_CHECKING
 
 from . import DEFAULT_MODEL, model_id, model_metadata, read_model_file
-from .engine import Engine
-from .net import Config
+from .intformat import Config
 from .tokenizer import ByteTokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from .engine import Engine
 
 FORMAT = "llmfs-int-1"
 
@@ -25,6 +28,8 @@ FORMAT = "llmfs-int-1"
 def model_bytes(cfg: Config, tok: ByteTokenizer, tensors: dict[str, torch.Tensor],
                 notes: dict) -> bytes:
     """The model file for integer *tensors* (see ``export.quantize``)."""
+    from safetensors.torch import save
+
     meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict(), sort_keys=True),
             "tokenizer": tok.to_str(), "notes": json.dumps(notes, sort_keys=True)}
     data = save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=meta)
@@ -57,13 +62,24 @@ def save_model(path: Path, cfg: Config, tok: ByteTokenizer, tensors: dict[str, t
 
 @dataclass
 class LanguageModel:
-    """A loaded model: tokenizer + exact engine + identity."""
+    """A loaded model: tokenizer + identity; its torch engine is built (and
+    torch imported) on first use -- the native core (``native.py``) reads
+    the file itself."""
     id: bytes          # 32-byte content hash
     cfg: Config
     tokenizer: ByteTokenizer
-    engine: Engine
     notes: dict
     data: bytes = field(repr=False)  # the model file itself (workers and stores need it)
+    device: str = "cpu"
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The torch engine (the reference, the strong tier, CUDA)."""
+        from safetensors.torch import load
+
+        from .engine import Engine
+
+        return Engine(self.cfg, load(self.data), self.device)
 
     @property
     def short_id(self) -> bytes:
@@ -78,8 +94,8 @@ class LanguageModel:
         tok = ByteTokenizer.from_str(meta["tokenizer"])
         if tok.vocab_size != cfg.vocab:
             raise ValueError("tokenizer and model disagree on the vocabulary size")
-        engine = Engine(cfg, load(data), device)
-        return cls(model_id(data), cfg, tok, engine, json.loads(meta.get("notes", "{}")), data)
+        return cls(model_id(data), cfg, tok, json.loads(meta.get("notes", "{}")), data,
+                   str(device))
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_MODEL, device: str = "cpu") -> "LanguageModel":

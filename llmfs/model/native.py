@@ -1,11 +1,12 @@
-"""The native exact core (``_core.c``) behind the torch engine's interface.
+"""The native exact core (``_core.c``, ``_mix.c``) behind the engine's interface.
 
-``NativeEngine`` takes a built :class:`~llmfs.model.engine.Engine` (its
-tensors are the single source of the model's integers), copies them into the
-core's layout once, and answers ``step`` / ``freqs`` / ``new_cache`` with the
-same integers, position by position in C.  Only ALiBi models run here (the
-shipped default, technical and starter); the strong tier (rotary Llama) stays
-on the torch engine.
+``NativeEngine`` reads the integer tensors straight from the model file
+(numpy, no torch: a worker that decodes with the core never imports torch,
+which saves seconds on a cold start), packs them into the core's layout once
+and answers ``step`` / ``freqs`` / ``new_cache`` with the torch engine's
+integers, and ``decode`` with whole batches of streams.  Only ALiBi models
+run here (the shipped default, technical and starter); the strong tier
+(rotary Llama) stays on the torch engine.
 
 ``LLMFS_ENGINE=torch`` forces the torch engine (for comparison);
 ``LLMFS_ENGINE=native`` makes a missing core an error instead of a fallback.
@@ -14,11 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from safetensors.numpy import load
 
-from .engine import FX, NORM_R, Engine
+from .intformat import FREQ_BITS, FX, NORM_R, ZA, Config, alibi_slope_exponents
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .modelfile import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +48,26 @@ def available() -> bool:
 
 
 def simd(path: str | None = None) -> str:
-    """The SIMD path the core runs ("avx2" or "portable"); *path* switches
-    to another (every path gives the same integers)."""
+    """The SIMD path the core runs ("avx512vnni", "avx2" or "portable");
+    *path* switches to another (every path gives the same integers)."""
     if _core is None:
         return "none"
     return _core.simd(path) if path else _core.simd()
 
 
-def choose(engine: Engine) -> Engine | NativeEngine:
-    """The engine to run *engine*'s model with, as LLMFS_ENGINE says."""
+def choose(model: LanguageModel) -> Engine | NativeEngine:
+    """The engine to run *model* with, as LLMFS_ENGINE says."""
     choice = wanted()
-    if choice == "torch" or engine.llama or engine.device.type != "cpu":
-        return engine
+    if choice == "torch" or model.cfg.arch != "alibi" or model.device != "cpu":
+        return model.engine
     if _core is None:
         if choice == "native":
             raise RuntimeError(f"the native core is not built ({_why}); reinstall llmfs "
                                "with a C compiler (apt install gcc python3-dev)")
         log.warning("native core not built (%s): running the slower torch engine; "
                     "reinstall llmfs with gcc and python3-dev to build it", _why)
-        return engine
-    return NativeEngine(engine)
+        return model.engine
+    return NativeEngine(model.cfg, load(model.data))
 
 
 def mixer(n_streams: int, version: int, vocab: int):
@@ -69,13 +75,11 @@ def mixer(n_streams: int, version: int, vocab: int):
     return _core.Mixer(n_streams, version, vocab)
 
 
-def _i8(w: torch.Tensor) -> bytes:
-    """An engine weight ([K, N], int8-valued) as int8 rows [N, K]."""
-    return w.T.contiguous().to(torch.int8).numpy().tobytes()
-
-
-def _i64(t: torch.Tensor) -> bytes:
-    return t.to(torch.int64).contiguous().numpy().tobytes()
+def _int8(tensors: dict[str, np.ndarray], name: str) -> bytes:
+    """A weight as stored, [N, K] int8 rows: the core packs it."""
+    if tensors[name].dtype != np.int8:
+        raise ValueError(f"{name} must be int8")
+    return np.ascontiguousarray(tensors[name]).tobytes()
 
 
 class NativeCache:
@@ -88,47 +92,66 @@ class NativeCache:
     def fill(self) -> int:
         return self.core.fill if self.core is not None else 0
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select(self, rows) -> None:
         self.core.select([int(r) for r in rows])
 
 
 class NativeEngine:
-    """``Engine.step`` / ``freqs`` on the native core; the same tables."""
+    """The integer engine of an ALiBi model on the native core: the torch
+    engine's tables (``engine.py`` is the reference, tests/test_native.py)."""
 
-    def __init__(self, engine: Engine) -> None:
-        cfg = engine.cfg
+    device = "cpu"
+
+    def __init__(self, cfg: Config, tensors: dict[str, np.ndarray]) -> None:
         self.cfg = cfg
-        self.device = engine.device
-        if engine.exp_split:
-            exp_attn = (engine.exp_attn.to(torch.int64) << 8) + engine.exp_attn_lo.to(torch.int64)
-        else:
-            exp_attn = engine.exp_attn.to(torch.int64)
-        bufs = [_i64(engine.emb), _i8(engine.head), _i64(engine.head_m), _i64(engine.norm_f),
-                _i64(engine.exp_vocab), _i64(exp_attn),
-                engine.alibi.to(torch.int32).contiguous().numpy().tobytes()]
-        for lw in engine.layers:
-            shift = (torch.log2(lw.score_half.flatten()).round() + 1).to(torch.int32)
-            bufs += [_i8(lw.wqkv), _i64(lw.qkv_m), _i8(lw.wo), _i64(lw.wo_m), _i8(lw.w1),
-                     _i64(lw.w1_m), _i8(lw.w2), _i64(lw.w2_m),
-                     lw.gelu.to(torch.int8).contiguous().numpy().tobytes(),
-                     _i64(lw.norm1), _i64(lw.norm2), shift.numpy().tobytes()]
+
+        def i64(name: str, shift: int = 0) -> bytes:
+            return (tensors[name].astype(np.int64) << shift).tobytes()
+
+        dist = np.arange(cfg.window, dtype=np.int64)   # ALiBi bias by distance, as engine.py
+        alibi = np.stack([(dist * ZA + (1 << (e - 1))) >> e
+                          for e in alibi_slope_exponents(cfg.n_head)]).astype(np.int32)
+        gain = NORM_R + 1                               # RMSNorm gains pre-shifted (engine._norm)
+        bufs = [i64("emb"), _int8(tensors, "head"), i64("head_m"), i64("norm_f", gain),
+                i64("exp_vocab"), i64("exp_attn"), alibi.tobytes()]
+        for i in range(cfg.n_layer):
+            p = f"layers.{i}."
+            bufs += [_int8(tensors, p + "wqkv"), i64(p + "qkv_m"), _int8(tensors, p + "wo"),
+                     i64(p + "wo_m"), _int8(tensors, p + "w1"), i64(p + "w1_m"),
+                     _int8(tensors, p + "w2"), i64(p + "w2_m"),
+                     tensors[p + "gelu"].astype(np.int8).tobytes(),
+                     i64(p + "norm1", gain), i64(p + "norm2", gain),
+                     tensors[p + "score_shift"].astype(np.int32).tobytes()]
+        gelu_n = (tensors["layers.0.gelu"].shape[1] - 1) // 2 if cfg.n_layer else 0
         eps = int(cfg.norm_eps * (1 << (2 * (FX + NORM_R))))
         dims = (cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab,
-                cfg.n_layer, cfg.window, engine.layers[0].gelu_n, exp_attn.numel(),
-                engine.exp_vocab.numel(), eps, engine.total)
+                cfg.n_layer, cfg.window, gelu_n, tensors["exp_attn"].size,
+                tensors["exp_vocab"].size, eps, (1 << FREQ_BITS) - cfg.vocab)
         self.core = _core.Model(dims, bufs)
+
+    @classmethod
+    def of(cls, model: LanguageModel) -> NativeEngine:
+        return cls(model.cfg, load(model.data))
 
     def new_cache(self) -> NativeCache:
         return NativeCache()
 
-    def step(self, tokens: torch.Tensor, cache: NativeCache) -> torch.Tensor:
+    def step(self, tokens: np.ndarray, cache: NativeCache) -> np.ndarray:
         """Advance a batch by ``n`` tokens; int64 logits [B, n, V] (1/ZV nat)."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         B, n = tokens.shape
         if cache.core is None:
             cache.core = _core.Cache(self.core, B)
         out = np.empty((B, n, self.cfg.vocab), dtype=np.int64)
-        cache.core.step(tokens.to(torch.int64).contiguous().numpy().tobytes(), n, out)
-        return torch.from_numpy(out)
+        cache.core.step(tokens, n, out)
+        return out
+
+    def freqs(self, logits: np.ndarray) -> np.ndarray:
+        """Integer frequencies (each row sums to 2**24 - V), as Engine.freqs."""
+        lg = np.ascontiguousarray(logits, dtype=np.int64)
+        out = np.empty_like(lg)
+        self.core.freqs(lg, out)
+        return out
 
     def decode(self, bos: int, streams: list[tuple[bytes, int]],
                groups: list[tuple[int, int, int]]) -> list[list[int] | None]:
@@ -137,10 +160,3 @@ class NativeEngine:
         consecutive streams sharing a mixer; the rest use the model alone) and
         range decoder.  None for a stream its encoder cannot have written."""
         return self.core.decode(bos, [(bytes(w), n) for w, n in streams], groups)
-
-    def freqs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Integer frequencies (each row sums to 2**24 - V), as Engine.freqs."""
-        lg = logits.to(torch.int64).contiguous().numpy()
-        out = np.empty_like(lg)
-        self.core.freqs(lg.tobytes(), out)
-        return torch.from_numpy(out)

@@ -10,44 +10,12 @@ runs through the integer engine.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Config:
-    vocab: int = 2048
-    d_model: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    d_ff: int = 512
-    window: int = 256  # tokens of context a prediction may see
-    norm_eps: float = 1e-5
-    arch: str = "alibi"      # "alibi": GELU MLP, ALiBi (this file); "llama": SwiGLU, RoPE, GQA
-    n_kv_head: int = 0       # llama: key/value heads (0: as many as query heads)
-    head_size: int = 0       # llama: per-head width (0: d_model / n_head)
-    rope_base: float = 0.0   # llama: rotary base
-
-    @property
-    def head_dim(self) -> int:
-        return self.head_size or self.d_model // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def alibi_slope_exponents(n_head: int) -> list[int]:
-    """Head h has slope 2**-e_h; powers of two keep the integer bias exact."""
-    if n_head & (n_head - 1) or not 1 <= n_head <= 8:
-        raise ValueError("n_head must be 1, 2, 4 or 8")
-    return [(8 * (h + 1)) // n_head for h in range(n_head)]
+from .intformat import Config, alibi_slope_exponents
 
 
 def alibi_bias(n_head: int, q_len: int, k_len: int, window: int) -> torch.Tensor:
