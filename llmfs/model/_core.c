@@ -330,52 +330,43 @@ static int64_t softmax_avx2(SOFTMAX_ARGS)
 }
 #endif
 
-typedef int64_t (*softmax_fn)(SOFTMAX_ARGS);
-static softmax_fn softmax = softmax_portable;
-
+/* The SIMD paths, fastest first: a path is the four kernels it runs. */
+typedef void (*matmul_fn)(const int16_t *, int, const int16_t *, int, int, int32_t *);
 typedef void (*scores_fn)(const int8_t *, const int8_t *, int, int, int32_t *);
 typedef void (*weigh_fn)(const int16_t *, const int16_t *, const int8_t *, int, int, int64_t *);
-static scores_fn scores = scores_portable;
-static weigh_fn weigh = weigh_portable;
+typedef int64_t (*softmax_fn)(SOFTMAX_ARGS);
 
-typedef void (*matmul_fn)(const int16_t *, int, const int16_t *, int, int, int32_t *);
-static matmul_fn matmul = matmul_portable;
-static const char *simd_path = "portable";
+typedef struct {
+    const char *name;
+    matmul_fn matmul;
+    scores_fn scores;
+    weigh_fn weigh;
+    softmax_fn softmax;
+} Kernels;
 
-static int use_simd(const char *name)
-{
-    if (!strcmp(name, "portable")) {
-        matmul = matmul_portable;
-        scores = scores_portable;
-        weigh = weigh_portable;
-        softmax = softmax_portable;
-        simd_path = "portable";
-        return 0;
-    }
-#ifdef HAVE_AVX2_PATH
-    __builtin_cpu_init();
-    if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2")) {
-        matmul = matmul_avx2;
-        scores = scores_avx2;
-        weigh = weigh_avx2;
-        softmax = softmax_avx2;
-        simd_path = "avx2";
-        return 0;
-    }
-    if (!strcmp(name, "avx512vnni") && __builtin_cpu_supports("avx512f")
-            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) {
-        matmul = matmul_vnni;
-        scores = scores_avx2;
-        weigh = weigh_avx2;
-        softmax = softmax_avx2;
-        simd_path = "avx512vnni";
-        return 0;
-    }
+static const Kernels paths[] = {
+#if defined(HAVE_AVX2_PATH)
+    {"avx512vnni", matmul_vnni, scores_avx2, weigh_avx2, softmax_avx2},
+    {"avx2", matmul_avx2, scores_avx2, weigh_avx2, softmax_avx2},
 #endif
-    return -1;
-}
+    {"portable", matmul_portable, scores_portable, weigh_portable, softmax_portable},
+};
+#define N_PATHS (sizeof paths / sizeof *paths)
 
-static const char *const simd_order[] = {"avx512vnni", "avx2", "portable"};   /* fastest first */
+static const Kernels *kernels = &paths[N_PATHS - 1];    /* the path in use */
+
+static int cpu_runs(const Kernels *k)
+{
+#if defined(HAVE_AVX2_PATH)
+    __builtin_cpu_init();
+    if (!strcmp(k->name, "avx512vnni"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vnni");
+    if (!strcmp(k->name, "avx2"))
+        return __builtin_cpu_supports("avx2");
+#endif
+    return 1;
+}
 
 static inline int64_t requant(int64_t acc, int64_t m)
 {
@@ -645,11 +636,11 @@ static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const
         }
     for (int h = 0; h < H; h++) {
         const int8_t *kp = kc + (h / group) * head, *vt = vc + (h / group) * head;
-        scores(qkv + h * hd, kp, hd, W, S->dots);
-        int64_t s = softmax(S->dots, m->rbias + (size_t)h * W, m->layers[l].shift[h], slot, nk,
+        kernels->scores(qkv + h * hd, kp, hd, W, S->dots);
+        int64_t s = kernels->softmax(S->dots, m->rbias + (size_t)h * W, m->layers[l].shift[h], slot, nk,
                             W, m->exp32, m->n_exp_attn, S->z, S->ehi, S->elo);
         int64_t inv = ((int64_t)1 << RECIP) / s;
-        weigh(S->ehi, S->elo, vt, hd, W, S->num);
+        kernels->weigh(S->ehi, S->elo, vt, hd, W, S->num);
         for (int i = 0; i < hd; i++)
             a[h * hd + i] = (int16_t)((S->num[i] * inv + ((int64_t)1 << (RECIP - 1))) >> RECIP);
     }
@@ -672,7 +663,7 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
         const struct Layer *lw = &m->layers[l];
         for (int r = 0; r < R; r++)
             norm(m, S->x + (size_t)r * d, lw->norm1, S->y + (size_t)r * d);
-        matmul(S->y, R, lw->wqkv, d, qkvn, S->acc);
+        kernels->matmul(S->y, R, lw->wqkv, d, qkvn, S->acc);
         for (int r = 0; r < R; r++) {
             int8_t *q = S->qkv + (size_t)r * qkvn;
             const int32_t *ac = S->acc + (size_t)r * qkvn;
@@ -680,7 +671,7 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
                 q[i] = clamp8(requant(ac[i], lw->qkv_m[i]));
             attention(m, c, l, r / n, pos0 + r % n, q, S->a + (size_t)r * d, S);
         }
-        matmul(S->a, R, lw->wo, d, d, S->acc);
+        kernels->matmul(S->a, R, lw->wo, d, d, S->acc);
         for (int r = 0; r < R; r++) {
             int64_t *x = S->x + (size_t)r * d;
             const int32_t *ac = S->acc + (size_t)r * d;
@@ -688,7 +679,7 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
                 x[i] += requant(ac[i], lw->wo_m[i]);
             norm(m, x, lw->norm2, S->y + (size_t)r * d);
         }
-        matmul(S->y, R, lw->w1, d, ff, S->acc);
+        kernels->matmul(S->y, R, lw->w1, d, ff, S->acc);
         for (int i = 0; i < ff; i++) {    /* channel-major: one GELU table row stays cached */
             const int8_t *table = lw->gelu + (size_t)i * G + m->gelu_n;
             for (int r = 0; r < R; r++) {
@@ -697,7 +688,7 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
                 S->y[(size_t)r * ff + i] = table[idx];    /* GELU outputs: inputs of w2 */
             }
         }
-        matmul(S->y, R, lw->w2, ff, d, S->acc);
+        kernels->matmul(S->y, R, lw->w2, ff, d, S->acc);
         for (int r = 0; r < R; r++) {
             int64_t *x = S->x + (size_t)r * d;
             const int32_t *ac = S->acc + (size_t)r * d;
@@ -707,7 +698,7 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
     }
     for (int r = 0; r < R; r++)
         norm(m, S->x + (size_t)r * d, m->norm_f, S->y + (size_t)r * d);
-    matmul(S->y, R, m->head, d, m->V, S->acc);
+    kernels->matmul(S->y, R, m->head, d, m->V, S->acc);
     for (int r = 0; r < R; r++) {
         const int32_t *ac = S->acc + (size_t)r * m->V;
         int64_t *o = logits + (r / n) * lstride + (size_t)(r % n) * m->V;
@@ -811,34 +802,48 @@ static void cache_keep(Cache *c, const int *rows, int nb)
     c->B = nb;
 }
 
+int *int_list(PyObject *obj, const char *what, int bound, int ascending, const char *bad,
+              int *n)
+{
+    char msg[64];
+    snprintf(msg, sizeof msg, "%s must be a sequence", what);
+    PyObject *seq = PySequence_Fast(obj, msg);
+    if (!seq)
+        return NULL;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    int *out = PyMem_Malloc((size_t)(len ? len : 1) * sizeof(int));
+    if (!out) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (v < 0 || v >= bound || (ascending && i && v <= out[i - 1])) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, bad);
+            PyMem_Free(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        out[i] = (int)v;
+    }
+    Py_DECREF(seq);
+    *n = (int)len;
+    return out;
+}
+
 static PyObject *Cache_select(Cache *self, PyObject *args)
 {
     /* keep only the streams *rows* (a sequence of indices, ascending) */
     PyObject *rows;
+    int nb;
     if (!PyArg_ParseTuple(args, "O", &rows))
         return NULL;
-    PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
-    if (!seq)
+    int *keep = int_list(rows, "rows", self->B, 1, "rows must be ascending batch indices", &nb);
+    if (!keep)
         return NULL;
-    Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq);
-    int *keep = PyMem_Malloc((size_t)(nb ? nb : 1) * sizeof(int));
-    if (!keep) {
-        Py_DECREF(seq);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < nb; i++) {
-        long r = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (r < 0 || r >= self->B || (i && r <= keep[i - 1])) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "rows must be ascending batch indices");
-            PyMem_Free(keep);
-            Py_DECREF(seq);
-            return NULL;
-        }
-        keep[i] = (int)r;
-    }
-    Py_DECREF(seq);
-    cache_keep(self, keep, (int)nb);
+    cache_keep(self, keep, nb);
     PyMem_Free(keep);
     Py_RETURN_NONE;
 }
@@ -920,6 +925,16 @@ typedef struct {
     MixState *ms;
 } DGroup;
 
+static int run_end(const DStream *st, const int *act, int nact, int r0)
+{
+    /* the end of the run of rows from r0 that share row r0's mixer (one row
+     * when it has none) */
+    int g = st[act[r0]].group, r1 = r0 + 1;
+    while (g >= 0 && r1 < nact && st[act[r1]].group == g)
+        r1++;
+    return r1;
+}
+
 static int decode_loop(const Model *m, Cache *c, DStream *st, int *act, int nact,
                        DGroup *groups, int bos)
 {
@@ -947,8 +962,7 @@ static int decode_loop(const Model *m, Cache *c, DStream *st, int *act, int nact
         /* a group's active streams are consecutive rows: mix them */
         for (int r0 = 0, r1; r0 < nact; r0 = r1) {
             int g = st[act[r0]].group;
-            for (r1 = r0 + 1; r1 < nact && st[act[r1]].group == g && g >= 0; r1++)
-                ;
+            r1 = run_end(st, act, nact, r0);
             if (g < 0)
                 continue;
             for (int r = r0; r < r1; r++)
@@ -974,8 +988,7 @@ static int decode_loop(const Model *m, Cache *c, DStream *st, int *act, int nact
         }
         for (int r0 = 0, r1; r0 < nact; r0 = r1) {
             int g = st[act[r0]].group;
-            for (r1 = r0 + 1; r1 < nact && st[act[r1]].group == g && g >= 0; r1++)
-                ;
+            r1 = run_end(st, act, nact, r0);
             if (g >= 0 && mix_learn(groups[g].ms, ids + r0, syms + r0, r1 - r0) < 0)
                 goto out;
         }
@@ -1108,31 +1121,35 @@ done:
 
 static PyObject *core_simd(PyObject *mod, PyObject *args)
 {
-    /* simd() -> the path in use; simd(name) switches to "avx2" or "portable"
+    /* simd() -> the path in use; simd(name) switches to another this CPU runs
      * (for tests and comparison: every path gives the same integers) */
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "|s", &name))
         return NULL;
-    if (name && use_simd(name) < 0) {
-        PyErr_Format(PyExc_ValueError, "SIMD path %s is not available on this CPU", name);
-        return NULL;
+    if (name) {
+        const Kernels *k = paths;
+        while (k < paths + N_PATHS && (strcmp(k->name, name) || !cpu_runs(k)))
+            k++;
+        if (k == paths + N_PATHS) {
+            PyErr_Format(PyExc_ValueError, "SIMD path %s is not available on this CPU", name);
+            return NULL;
+        }
+        kernels = k;
     }
-    return PyUnicode_FromString(simd_path);
+    return PyUnicode_FromString(kernels->name);
 }
 
 static PyObject *core_simd_paths(PyObject *mod, PyObject *noargs)
 {
-    /* every path this CPU can run, fastest first; the current one is kept */
-    const char *current = simd_path;
+    /* every path this CPU can run, fastest first */
     PyObject *out = PyList_New(0);
-    for (size_t i = 0; out && i < sizeof simd_order / sizeof *simd_order; i++)
-        if (use_simd(simd_order[i]) == 0) {
-            PyObject *name = PyUnicode_FromString(simd_order[i]);
+    for (size_t i = 0; out && i < N_PATHS; i++)
+        if (cpu_runs(&paths[i])) {
+            PyObject *name = PyUnicode_FromString(paths[i].name);
             if (!name || PyList_Append(out, name) < 0)
                 Py_CLEAR(out);
             Py_XDECREF(name);
         }
-    use_simd(current);
     return out;
 }
 
@@ -1191,9 +1208,9 @@ PyMODINIT_FUNC PyInit__core(void)
 {
     if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&CacheType) < 0)
         return NULL;
-    for (size_t i = 0; i < sizeof simd_order / sizeof *simd_order; i++)
-        if (use_simd(simd_order[i]) == 0)   /* the fastest path this CPU has */
-            break;
+    kernels = paths;
+    while (!cpu_runs(kernels))              /* the fastest path this CPU has */
+        kernels++;
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;

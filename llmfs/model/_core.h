@@ -38,4 +38,10 @@ int rd_decode(RangeDecoder *rd, const int64_t *f, int V);
 
 int mix_add_types(PyObject *module);
 
+/* The integers of the Python sequence *obj* (named *what* in errors) as a
+ * PyMem array of *n*: each in [0, bound), strictly ascending if *ascending*;
+ * else ValueError *bad* and NULL. */
+int *int_list(PyObject *obj, const char *what, int bound, int ascending, const char *bad,
+              int *n);
+
 #endif

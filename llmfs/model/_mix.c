@@ -722,33 +722,9 @@ static int Mixer_init(Mixer *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
-static int *ids_of(Mixer *self, PyObject *seq_obj, int *rows)
+static int *ids_of(Mixer *self, PyObject *obj, int *rows)
 {
-    /* a sequence of ascending stream indices as a C array (PyMem) */
-    PyObject *seq = PySequence_Fast(seq_obj, "ids must be a sequence");
-    if (!seq)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    int *ids = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int));
-    if (!ids) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t r = 0; r < n; r++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, r));
-        if (v < 0 || v >= self->n || (r && v <= ids[r - 1])) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "ids must be ascending stream indices");
-            PyMem_Free(ids);
-            Py_DECREF(seq);
-            return NULL;
-        }
-        ids[r] = (int)v;
-    }
-    Py_DECREF(seq);
-    *rows = (int)n;
-    return ids;
+    return int_list(obj, "ids", self->n, 1, "ids must be ascending stream indices", rows);
 }
 
 static PyObject *Mixer_tables(Mixer *self, PyObject *args)
@@ -781,28 +757,18 @@ static PyObject *Mixer_learn(Mixer *self, PyObject *args)
     int rows, *ids = ids_of(self, ids_obj, &rows);
     if (!ids)
         return NULL;
-    int *syms = PyMem_Malloc((size_t)(rows ? rows : 1) * sizeof(int));
-    PyObject *seq = PySequence_Fast(syms_obj, "syms must be a sequence");
-    if (!syms || !seq || PySequence_Fast_GET_SIZE(seq) != rows) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "one symbol per id");
+    int n_syms, *syms = int_list(syms_obj, "syms", self->V, 0, "symbol out of range", &n_syms);
+    if (!syms)
         goto done;
-    }
-    for (int r = 0; r < rows; r++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, r));
-        if (v < 0 || v >= self->V) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "symbol out of range");
-            goto done;
-        }
-        syms[r] = (int)v;
+    if (n_syms != rows) {
+        PyErr_SetString(PyExc_ValueError, "one symbol per id");
+        goto done;
     }
     if (mix_learn(self->ms, ids, syms, rows) < 0)
         PyErr_NoMemory();
     else
         ret = Py_NewRef(Py_None);
 done:
-    Py_XDECREF(seq);
     PyMem_Free(syms);
     PyMem_Free(ids);
     return ret;

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .intformat import (EXACT_F32_K, FREQ_BITS, FX, H_MAX, H_SHIFT_MAX, NORM_CB, NORM_R, RECIP,
-                        ROPE_BITS, SHIFT, ZA, Config, alibi_slope_exponents)
+                        ROPE_BITS, SHIFT, Config, alibi_table)
 
 BAND = 64            # queries per group in banded attention (long chunks)
 
@@ -280,10 +280,7 @@ class Engine:
                 raise ValueError("rotary table out of range")
             self.alibi = torch.zeros(H, cfg.window, device=dev)
         else:
-            # ALiBi bias by distance: round(d * ZA / 2**e_h), exact in integers.
-            dist = torch.arange(cfg.window, dtype=torch.int64)
-            self.alibi = torch.stack([(dist * ZA + (1 << (e - 1))) >> e
-                                      for e in alibi_slope_exponents(H)]).to(dev, torch.float32)
+            self.alibi = torch.tensor(alibi_table(H, cfg.window), dtype=torch.float32, device=dev)
         self.total = (1 << FREQ_BITS) - cfg.vocab  # constriction adds 1 to every symbol
         self.ff_base = (torch.arange(cfg.d_ff, device=dev) * (2 * self.layers[0].gelu_n + 1)
                         if self.layers else None)

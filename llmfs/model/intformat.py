@@ -50,3 +50,10 @@ def alibi_slope_exponents(n_head: int) -> list[int]:
     if n_head & (n_head - 1) or not 1 <= n_head <= 8:
         raise ValueError("n_head must be 1, 2, 4 or 8")
     return [(8 * (h + 1)) // n_head for h in range(n_head)]
+
+
+def alibi_table(n_head: int, window: int) -> list[list[int]]:
+    """ALiBi bias by head and distance: round(d * ZA / 2**e_h), exact in
+    integers (the torch engine and the native core both read it)."""
+    return [[(d * ZA + (1 << (e - 1))) >> e for d in range(window)]
+            for e in alibi_slope_exponents(n_head)]

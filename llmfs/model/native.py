@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from safetensors.numpy import load
 
-from .intformat import FREQ_BITS, FX, NORM_R, ZA, Config, alibi_slope_exponents
+from .intformat import FREQ_BITS, FX, NORM_R, Config, alibi_table
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -67,7 +67,7 @@ def choose(model: LanguageModel) -> Engine | NativeEngine:
         log.warning("native core not built (%s): running the slower torch engine; "
                     "reinstall llmfs with gcc and python3-dev to build it", _why)
         return model.engine
-    return NativeEngine(model.cfg, load(model.data))
+    return NativeEngine.of(model)
 
 
 def mixer(n_streams: int, version: int, vocab: int):
@@ -100,17 +100,13 @@ class NativeEngine:
     """The integer engine of an ALiBi model on the native core: the torch
     engine's tables (``engine.py`` is the reference, tests/test_native.py)."""
 
-    device = "cpu"
-
     def __init__(self, cfg: Config, tensors: dict[str, np.ndarray]) -> None:
         self.cfg = cfg
 
         def i64(name: str, shift: int = 0) -> bytes:
             return (tensors[name].astype(np.int64) << shift).tobytes()
 
-        dist = np.arange(cfg.window, dtype=np.int64)   # ALiBi bias by distance, as engine.py
-        alibi = np.stack([(dist * ZA + (1 << (e - 1))) >> e
-                          for e in alibi_slope_exponents(cfg.n_head)]).astype(np.int32)
+        alibi = np.array(alibi_table(cfg.n_head, cfg.window), dtype=np.int32)
         gain = NORM_R + 1                               # RMSNorm gains pre-shifted (engine._norm)
         bufs = [i64("emb"), _int8(tensors, "head"), i64("head_m"), i64("norm_f", gain),
                 i64("exp_vocab"), i64("exp_attn"), alibi.tobytes()]
