@@ -57,7 +57,9 @@ class LLMCodec:
         inp = np.empty_like(toks)                       # ... and its inputs
         inp[:, 0], inp[:, 1:] = self.bos, toks[:, :-1]
         lens = np.array([len(p) for p in parts], dtype=np.int64)
-        chunk = min(self.chunk, max(16, 512 // B))      # 512 tables a step: cache-sized
+        # 512 tables a step (cache-sized), fewer for a large vocabulary (the strong tier's
+        # 49k: 170 tables, 64 MiB)
+        chunk = min(self.chunk, max(16, min(512, (1 << 23) // self.model.cfg.vocab) // B))
         mixer = new_mixer(B, version, self.model.cfg.vocab)
         cache = self.engine.new_cache()
         stats = {m: np.zeros((B, L, 3), dtype=np.int64) for m in (False, True)}
@@ -184,7 +186,7 @@ def model_tables(engine, tokens: np.ndarray, cache) -> np.ndarray:
     batch, from the native core or the torch engine (torch is imported only
     for the latter)."""
     if isinstance(engine, native.NativeEngine):
-        return engine.freqs(engine.step(tokens, cache))
+        return engine.freqs(engine.step(tokens, cache), inplace=True)
     import torch
 
     logits = engine.step(torch.from_numpy(np.ascontiguousarray(tokens)), cache)

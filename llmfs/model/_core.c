@@ -1,6 +1,7 @@
-/* The native exact core: the integer forward pass of ``engine.py`` for the
- * ALiBi models (the shipped default, technical and starter), one position at
- * a time with a key/value ring buffer per stream, in C with no per-token
+/* The native exact core: the integer forward pass of ``engine.py`` for both
+ * of its architectures (ALiBi: the shipped default, technical and starter;
+ * rotary Llama: the strong tier), one position at a time with a key/value
+ * ring buffer per stream, in C with no per-token
  * Python; and ``Model.decode``, which decodes a whole batch of range-coder
  * streams (model, mixing and decoder, ``_mix.c``) in one call.  Every value
  * is an integer and every sum is exact (int32 for int8 x int8 dot products,
@@ -9,7 +10,7 @@
  * at import (AVX-512 VNNI, AVX2 or the portable C; ``simd()``).
  *
  * Python side: ``llmfs/model/native.py`` builds the weight buffers from the
- * torch engine's tensors and wraps ``Model``/``Cache`` behind the engine's
+ * model file's tensors and wraps ``Model``/``Cache`` behind the engine's
  * ``step``/``freqs`` interface.
  */
 #include "_core.h"
@@ -51,10 +52,15 @@ static void *big_alloc(size_t n)
 
 /* -- exact integer kernels ------------------------------------------------ */
 
-/* Weights are packed for the matmul as [N/64][K/2][64][2] int16 (zero
+/* Weights are packed for the matmul as [N/64][K/2][64][2] int8 (zero
  * padded): a block of 64 outputs walks the inner dimension in pairs, which
  * is what AVX2's vpmaddwd multiplies and adds (two int16 products into one
- * int32 lane).  Both paths below compute the same exact int32 sums. */
+ * int32 lane) once the kernel has widened them.  Stored as int8, not int16:
+ * a decode step reads every weight for a handful of rows, and half the
+ * bytes saves time there (the strong tier's 135 M weights: one row 19.9 ->
+ * 12.2 ms, 8 rows 49 -> 44 ms, 170 rows 756 -> 699 ms); the default model's
+ * compute-bound 170-row chunk pays about 5 % for the widening (9.2 -> 9.6
+ * ms).  Every path computes the same exact int32 sums. */
 #define NBLK 64
 
 static size_t packed_size(int N, int K)
@@ -62,7 +68,7 @@ static size_t packed_size(int N, int K)
     return (size_t)((N + NBLK - 1) / NBLK) * NBLK * (size_t)((K + 1) / 2) * 2;
 }
 
-static void pack(const int8_t *src, int N, int K, int16_t *dst)
+static void pack(const int8_t *src, int N, int K, int8_t *dst)
 {
     /* [N][K] int8 rows (as the engine stores them) -> the packed layout */
     int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
@@ -93,7 +99,7 @@ static inline void put_block(int32_t *out, int b, int N, int nb, const int32_t *
 
 #define PSUB 16      /* outputs the portable matmul sums at once: its sums fit in registers */
 
-static void matmul_portable(const int16_t *x, int B, const int16_t *w, int K, int N,
+static void matmul_portable(const int16_t *x, int B, const int8_t *w, int K, int N,
                             int32_t *out)
 {
     /* out[b][n] = sum_k x[b][k] * w[n][k]: |sum| <= 127 * 127 * K < 2**31.  The
@@ -108,7 +114,7 @@ static void matmul_portable(const int16_t *x, int B, const int16_t *w, int K, in
                 int32_t acc2[2 * PSUB] = {0};
                 for (int k2 = 0; k2 < K2; k2++) {
                     int32_t xp = xpair(xb, k2, K), x0 = (int16_t)(xp & 0xFFFF), x1 = xp >> 16;
-                    const int16_t *wp = w + (((size_t)nb * K2 + k2) * NBLK + sub) * 2;
+                    const int8_t *wp = w + (((size_t)nb * K2 + k2) * NBLK + sub) * 2;
                     for (int t = 0; t < 2 * PSUB; t += 2) {
                         acc2[t] += x0 * wp[t];
                         acc2[t + 1] += x1 * wp[t + 1];
@@ -126,7 +132,7 @@ static void matmul_portable(const int16_t *x, int B, const int16_t *w, int K, in
 #define HAVE_AVX2_PATH 1
 
 __attribute__((target("avx2")))
-static void matmul_avx2(const int16_t *x, int B, const int16_t *w, int K, int N, int32_t *out)
+static void matmul_avx2(const int16_t *x, int B, const int8_t *w, int K, int N, int32_t *out)
 {
     int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
     for (int nb = 0; nb < NB; nb++)
@@ -137,10 +143,10 @@ static void matmul_avx2(const int16_t *x, int B, const int16_t *w, int K, int N,
             const int16_t *xb = x + (size_t)b * K;
             for (int k2 = 0; k2 < K2; k2++) {
                 __m256i xv = _mm256_set1_epi32(xpair(xb, k2, K));
-                const __m256i *wp = (const __m256i *)(w + ((size_t)nb * K2 + k2) * NBLK * 2);
+                const __m128i *wp = (const __m128i *)(w + ((size_t)nb * K2 + k2) * NBLK * 2);
                 for (int j = 0; j < NBLK / 8; j++)
-                    acc[j] = _mm256_add_epi32(acc[j],
-                                              _mm256_madd_epi16(_mm256_loadu_si256(wp + j), xv));
+                    acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp + j)), xv));
             }
             int32_t tmp[NBLK];
             for (int j = 0; j < NBLK / 8; j++)
@@ -153,7 +159,7 @@ static void matmul_avx2(const int16_t *x, int B, const int16_t *w, int K, int N,
  * int32 accumulator in one instruction, without saturation (the saturating
  * form is vpdpwssds, not used); 64 outputs are four zmm accumulators. */
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
-static void matmul_vnni(const int16_t *x, int B, const int16_t *w, int K, int N, int32_t *out)
+static void matmul_vnni(const int16_t *x, int B, const int8_t *w, int K, int N, int32_t *out)
 {
     int K2 = (K + 1) / 2, NB = (N + NBLK - 1) / NBLK;
     for (int nb = 0; nb < NB; nb++)
@@ -164,9 +170,10 @@ static void matmul_vnni(const int16_t *x, int B, const int16_t *w, int K, int N,
             const int16_t *xb = x + (size_t)b * K;
             for (int k2 = 0; k2 < K2; k2++) {
                 __m512i xv = _mm512_set1_epi32(xpair(xb, k2, K));
-                const int16_t *wp = w + ((size_t)nb * K2 + k2) * NBLK * 2;
+                const __m256i *wp = (const __m256i *)(w + ((size_t)nb * K2 + k2) * NBLK * 2);
                 for (int j = 0; j < NBLK / 16; j++)
-                    acc[j] = _mm512_dpwssd_epi32(acc[j], _mm512_loadu_si512(wp + 32 * j), xv);
+                    acc[j] = _mm512_dpwssd_epi32(
+                        acc[j], _mm512_cvtepi8_epi16(_mm256_loadu_si256(wp + j)), xv);
             }
             int32_t tmp[NBLK];
             for (int j = 0; j < NBLK / 16; j++)
@@ -187,40 +194,60 @@ static inline int32_t qpair(const int8_t *q, int c2, int hd)
     return (int32_t)(((uint32_t)(uint16_t)q1 << 16) | (uint16_t)q0);
 }
 
-static void scores_portable(const int8_t *q, const int8_t *kp, int hd, int W, int32_t *z)
+static void scores_portable(const int8_t *q, const int8_t *kp, int hd, int W, int n, int32_t *z)
 {
-    /* z[s] = sum_c q[c] * k[c][s] over every ring slot s */
-    memset(z, 0, (size_t)W * sizeof(int32_t));
+    /* z[s] = sum_c q[c] * k[c][s] over ring slots s < n */
+    memset(z, 0, (size_t)n * sizeof(int32_t));
     for (int c2 = 0; c2 < (hd + 1) / 2; c2++) {
         int32_t qp = qpair(q, c2, hd), q0 = (int16_t)(qp & 0xFFFF), q1 = qp >> 16;
         const int8_t *row = kp + (size_t)c2 * W * 2;
-        for (int s = 0; s < W; s++)
+        for (int s = 0; s < n; s++)
+            z[s] += q0 * row[2 * s] + q1 * row[2 * s + 1];
+    }
+}
+
+static inline int32_t pair16(const int16_t *q, int c2, int hd)
+{
+    int16_t q0 = q[2 * c2], q1 = 2 * c2 + 1 < hd ? q[2 * c2 + 1] : 0;
+    return (int32_t)(((uint32_t)(uint16_t)q1 << 16) | (uint16_t)q0);
+}
+
+static void scores16_portable(const int16_t *q, const int16_t *kp, int hd, int W, int n,
+                              int32_t *z)
+{
+    /* scores_portable for rotated (Llama) queries and keys, int16 in [-254, 254]:
+     * |sum| <= hd * 254**2 < 2**31 */
+    memset(z, 0, (size_t)n * sizeof(int32_t));
+    for (int c2 = 0; c2 < (hd + 1) / 2; c2++) {
+        int32_t qp = pair16(q, c2, hd), q0 = (int16_t)(qp & 0xFFFF), q1 = qp >> 16;
+        const int16_t *row = kp + (size_t)c2 * W * 2;
+        for (int s = 0; s < n; s++)
             z[s] += q0 * row[2 * s] + q1 * row[2 * s + 1];
     }
 }
 
 static void weigh_portable(const int16_t *ehi, const int16_t *elo, const int8_t *vt, int hd,
-                           int W, int64_t *num)
+                           int W, int n, int64_t *num)
 {
-    /* num[i] = sum_s e[s] * v[i][s] with e = 256 hi + lo split so both sums stay in
+    /* num[i] = sum_{s < n} e[s] * v[i][s] with e = 256 hi + lo split so both sums stay in
      * int32: |sum| <= W * 256 * 127 < 2**31 for W <= 65536 */
     for (int i = 0; i < hd; i++) {
         const int8_t *v = vt + (size_t)i * W;
         int32_t hi = 0, lo = 0;
-        for (int s = 0; s < W; s++) {
+        for (int s = 0; s < n; s++) {
             hi += (int32_t)ehi[s] * v[s];
             lo += (int32_t)elo[s] * v[s];
         }
-        num[i] = ((int64_t)hi << 8) + lo;
+        num[i] = (int64_t)hi * 256 + lo;
     }
 }
 
 #if defined(HAVE_AVX2_PATH)
 __attribute__((target("avx2")))
-static void scores_avx2(const int8_t *q, const int8_t *kp, int hd, int W, int32_t *z)
+static void scores_avx2(const int8_t *q, const int8_t *kp, int hd, int W, int n, int32_t *z)
 {
     int s = 0, H2 = (hd + 1) / 2;
-    for (; s + 32 <= W; s += 32) {
+    for (; s + 32 <= n; s += 32) {
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
         for (int c2 = 0; c2 < H2; c2++) {
             __m256i qv = _mm256_set1_epi32(qpair(q, c2, hd));
@@ -237,11 +264,41 @@ static void scores_avx2(const int8_t *q, const int8_t *kp, int hd, int W, int32_
         _mm256_storeu_si256((__m256i *)(z + s + 16), a2);
         _mm256_storeu_si256((__m256i *)(z + s + 24), a3);
     }
-    for (; s < W; s++) {
+    for (; s < n; s++) {
         int32_t acc = 0;
         for (int c2 = 0; c2 < H2; c2++) {
             int32_t qp = qpair(q, c2, hd);
             const int8_t *k = kp + ((size_t)c2 * W + s) * 2;
+            acc += (int16_t)(qp & 0xFFFF) * k[0] + (qp >> 16) * k[1];
+        }
+        z[s] = acc;
+    }
+}
+
+__attribute__((target("avx2")))
+static void scores16_avx2(const int16_t *q, const int16_t *kp, int hd, int W, int n, int32_t *z)
+{
+    int s = 0, H2 = (hd + 1) / 2;
+    for (; s + 32 <= n; s += 32) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int c2 = 0; c2 < H2; c2++) {
+            __m256i qv = _mm256_set1_epi32(pair16(q, c2, hd));
+            const __m256i *row = (const __m256i *)(kp + ((size_t)c2 * W + s) * 2);
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_loadu_si256(row), qv));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_loadu_si256(row + 1), qv));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_loadu_si256(row + 2), qv));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_loadu_si256(row + 3), qv));
+        }
+        _mm256_storeu_si256((__m256i *)(z + s), a0);
+        _mm256_storeu_si256((__m256i *)(z + s + 8), a1);
+        _mm256_storeu_si256((__m256i *)(z + s + 16), a2);
+        _mm256_storeu_si256((__m256i *)(z + s + 24), a3);
+    }
+    for (; s < n; s++) {
+        int32_t acc = 0;
+        for (int c2 = 0; c2 < H2; c2++) {
+            int32_t qp = pair16(q, c2, hd);
+            const int16_t *k = kp + ((size_t)c2 * W + s) * 2;
             acc += (int16_t)(qp & 0xFFFF) * k[0] + (qp >> 16) * k[1];
         }
         z[s] = acc;
@@ -259,9 +316,9 @@ static inline int32_t hsum8(__m256i v)
 
 __attribute__((target("avx2")))
 static void weigh_avx2(const int16_t *ehi, const int16_t *elo, const int8_t *vt, int hd, int W,
-                       int64_t *num)
+                       int n, int64_t *num)
 {
-    int W16 = W / 16 * 16;
+    int W16 = n / 16 * 16;
     for (int i = 0; i < hd; i++) {
         const int8_t *v = vt + (size_t)i * W;
         __m256i h = _mm256_setzero_si256(), l = h;
@@ -273,19 +330,20 @@ static void weigh_avx2(const int16_t *ehi, const int16_t *elo, const int8_t *vt,
                     _mm256_loadu_si256((const __m256i *)(elo + s)), vv));
         }
         int32_t hi = hsum8(h), lo = hsum8(l);
-        for (int s = W16; s < W; s++) {
+        for (int s = W16; s < n; s++) {
             hi += (int32_t)ehi[s] * v[s];
             lo += (int32_t)elo[s] * v[s];
         }
-        num[i] = ((int64_t)hi << 8) + lo;
+        num[i] = (int64_t)hi * 256 + lo;
     }
 }
 #endif
 
 /* The attention weights of one head over the ring: z[s] = round(dots[s] / 2**sh)
  * - bias(distance of slot s), e[s] = exp table[min(max z - z[s], n - 1)] split as
- * 256 hi + lo; returns the sum of e.  Slot `slot` holds the newest key; with
- * nk < W keys (the ring not yet full) they are slots 0 .. slot.  rbias is the
+ * 256 hi + lo (0 from the last key to slot lim); returns the sum of e.  Slot
+ * `slot` holds the newest key; with nk < W keys (the ring not yet full) they
+ * are slots 0 .. slot.  rbias is the
  * head's ALiBi bias by distance, reversed, so both runs of slots read it
  * forwards (and the compiler vectorises the loops).  int32 throughout: the
  * model's load checks the bounds that keep it exact. */
@@ -310,12 +368,12 @@ static void weigh_avx2(const int16_t *ehi, const int16_t *elo, const int8_t *vt,
         ehi[s] = (int16_t)(e >> 8);                                                   \
         elo[s] = (int16_t)(e & 255);                                                  \
     }                                                                                 \
-    for (int s = end; s < W; s++)                                                     \
+    for (int s = end; s < lim; s++)                                                   \
         ehi[s] = elo[s] = 0;                                                          \
     return sum;
 
 #define SOFTMAX_ARGS const int32_t *dots, const int32_t *rbias, int sh, int slot, int nk, \
-    int W, const int32_t *exp32, int n_exp, int32_t *z, int16_t *ehi, int16_t *elo
+    int W, int lim, const int32_t *exp32, int n_exp, int32_t *z, int16_t *ehi, int16_t *elo
 
 static int64_t softmax_portable(SOFTMAX_ARGS)
 {
@@ -330,26 +388,30 @@ static int64_t softmax_avx2(SOFTMAX_ARGS)
 }
 #endif
 
-/* The SIMD paths, fastest first: a path is the four kernels it runs. */
-typedef void (*matmul_fn)(const int16_t *, int, const int16_t *, int, int, int32_t *);
-typedef void (*scores_fn)(const int8_t *, const int8_t *, int, int, int32_t *);
-typedef void (*weigh_fn)(const int16_t *, const int16_t *, const int8_t *, int, int, int64_t *);
+/* The SIMD paths, fastest first: a path is the kernels it runs. */
+typedef void (*matmul_fn)(const int16_t *, int, const int8_t *, int, int, int32_t *);
+typedef void (*scores_fn)(const int8_t *, const int8_t *, int, int, int, int32_t *);
+typedef void (*scores16_fn)(const int16_t *, const int16_t *, int, int, int, int32_t *);
+typedef void (*weigh_fn)(const int16_t *, const int16_t *, const int8_t *, int, int, int,
+                         int64_t *);
 typedef int64_t (*softmax_fn)(SOFTMAX_ARGS);
 
 typedef struct {
     const char *name;
     matmul_fn matmul;
     scores_fn scores;
+    scores16_fn scores16;
     weigh_fn weigh;
     softmax_fn softmax;
 } Kernels;
 
 static const Kernels paths[] = {
 #if defined(HAVE_AVX2_PATH)
-    {"avx512vnni", matmul_vnni, scores_avx2, weigh_avx2, softmax_avx2},
-    {"avx2", matmul_avx2, scores_avx2, weigh_avx2, softmax_avx2},
+    {"avx512vnni", matmul_vnni, scores_avx2, scores16_avx2, weigh_avx2, softmax_avx2},
+    {"avx2", matmul_avx2, scores_avx2, scores16_avx2, weigh_avx2, softmax_avx2},
 #endif
-    {"portable", matmul_portable, scores_portable, weigh_portable, softmax_portable},
+    {"portable", matmul_portable, scores_portable, scores16_portable, weigh_portable,
+     softmax_portable},
 };
 #define N_PATHS (sizeof paths / sizeof *paths)
 
@@ -390,25 +452,52 @@ static int64_t isqrt(int64_t n)
     return r - (r * r > n);
 }
 
+static inline int64_t requant_wide(int64_t acc, int64_t m, int extra)
+{
+    /* engine.requant_wide: round(acc * m / 2**(SHIFT + extra)) for |acc| < 2**53,
+     * |m| < 2**33, with acc split at bit 24 so no product overflows */
+    int64_t hi = acc >> 24, lo = acc & ((1 << 24) - 1);
+    int t = SHIFT + extra - 24;
+    return (hi * m + ((lo * m + (1 << 23)) >> 24) + ((int64_t)1 << (t - 1))) >> t;
+}
+
 /* -- the model ------------------------------------------------------------- */
+
+#define ROPE_BITS 14               /* rotary tables are cos/sin * 2**14 (intformat.py) */
+#define H_MAX 32767                /* Llama: the SwiGLU product is int16 ... */
+#define H_SHIFT_MAX 20             /* ... shifted left by <= 20 bits per channel */
+#define H_GROUP 512                /* channels whose int16 x int8 sums stay in int32 */
+
+typedef struct {                   /* Llama: w2 columns that share one h shift */
+    int shift, start, len;         /* channels perm[start .. start + len) */
+    const int8_t *w;               /* packed [d][len] */
+} W2Group;
 
 typedef struct {
     PyObject_HEAD
-    int d, H, KV, hd, ff, V, L, W, gelu_n, n_exp_attn, n_exp_vocab;
+    int d, H, KV, hd, A, ff, V, L, W, gelu_n, n_exp_attn, n_exp_vocab, llama, n_rope;
     int64_t eps, total;
     PyObject *keep;            /* the bytes objects the pointers below point into */
-    int16_t *w16;              /* all weights, packed (see pack) as int16 (owned) */
-    const int64_t *emb;        /* [V, d] */
-    const int16_t *head;       /* packed [V][d] */
+    int8_t *wpk;               /* all weights, packed (see pack) (owned) */
+    const int32_t *emb;        /* [V, d] */
+    const int8_t *head;        /* packed [V][d] */
     const int64_t *head_m, *norm_f, *exp_vocab, *exp_attn;
-    const int32_t *alibi;      /* [H, W] ALiBi bias by distance */
-    int32_t *rbias;            /* [H, W] the same reversed (owned) */
+    const int32_t *alibi;      /* [H, W] ALiBi bias by distance (0 for Llama) */
+    const int32_t *rope_cos, *rope_sin;   /* Llama: [n_rope][hd/2] */
+    int32_t *rbias;            /* [H, W] the bias reversed (owned) */
     int32_t *exp32;            /* exp_attn as int32 (owned) */
     struct Layer {
-        const int16_t *wqkv, *wo, *w1, *w2;   /* packed (see pack) */
+        const int8_t *wqkv, *wo, *w1, *w2;    /* packed (see pack); Llama: w1 is gate
+                                                 and up, [2 ff][d], and w2 unused */
         const int64_t *qkv_m, *wo_m, *w1_m, *w2_m, *norm1, *norm2;
         const int8_t *gelu;                   /* [ff][2 gelu_n + 1] */
+        const int16_t *silu;                  /* Llama: [ff][2 gelu_n + 1] */
+        const int64_t *wg_m, *h_m;            /* Llama: [ff] */
         const int32_t *shift;                 /* [H] attention score shifts */
+        int *perm;                            /* Llama: channels by h shift (owned) */
+        W2Group *groups;                      /* Llama (owned) */
+        int n_groups;
+        int8_t *w2g;                          /* Llama: the groups' packed w2 (owned) */
     } *layers;                 /* [L] */
 } Model;
 
@@ -430,24 +519,79 @@ static const void *buf_ptr(PyObject *seq, Py_ssize_t i, Py_ssize_t want)
 static void Model_dealloc(Model *self)
 {
     Py_XDECREF(self->keep);
+    for (int l = 0; self->layers && l < self->L; l++) {
+        PyMem_Free(self->layers[l].perm);
+        PyMem_Free(self->layers[l].groups);
+        free(self->layers[l].w2g);
+    }
     PyMem_Free(self->layers);
-    free(self->w16);
+    free(self->wpk);
     PyMem_Free(self->rbias);
     PyMem_Free(self->exp32);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int w2_groups(const Model *m, struct Layer *lw, const int8_t *w2, const int64_t *h_shift)
+{
+    /* Llama's down projection sums (h_c << k_c) * w2[j][c] over the ff channels c,
+     * up to 2**53: the channels are grouped by shift k (at most H_GROUP a group,
+     * so a group's int16 x int8 sums stay in int32) and each group is a small
+     * matmul whose sums are shifted and added in int64, exactly. */
+    int ff = m->ff, d = m->d, n = 0;
+    lw->perm = PyMem_Malloc((size_t)ff * sizeof(int));
+    lw->groups = PyMem_Malloc(((size_t)ff + H_SHIFT_MAX + 1) * sizeof(W2Group));
+    if (!lw->perm || !lw->groups)
+        return -1;
+    size_t total = 0;
+    for (int k = 0; k <= H_SHIFT_MAX; k++) {
+        int first = n;
+        for (int c = 0; c < ff; c++)
+            if (h_shift[c] == k)
+                lw->perm[n++] = c;
+        for (int s = first; s < n; s += H_GROUP) {
+            W2Group *g = &lw->groups[lw->n_groups++];
+            g->shift = k;
+            g->start = s;
+            g->len = n - s < H_GROUP ? n - s : H_GROUP;
+            total += packed_size(d, g->len);
+        }
+    }
+    lw->w2g = big_alloc(total);
+    int8_t *cols = malloc((size_t)d * H_GROUP);
+    if (!lw->w2g || !cols) {
+        free(cols);
+        return -1;
+    }
+    int8_t *next = lw->w2g;
+    for (int i = 0; i < lw->n_groups; i++) {
+        W2Group *g = &lw->groups[i];
+        for (int j = 0; j < d; j++)
+            for (int t = 0; t < g->len; t++)
+                cols[(size_t)j * g->len + t] = w2[(size_t)j * ff + lw->perm[g->start + t]];
+        pack(cols, d, g->len, next);
+        g->w = next;
+        next += packed_size(d, g->len);
+    }
+    free(cols);
+    return 0;
+}
+
+#define N_DIMS 15
+
 static int Model_init(Model *self, PyObject *args, PyObject *kw)
 {
+    /* Model(dims, buffers): dims (d, heads, kv heads, head dim, ff, vocab, layers,
+     * window, gelu_n, exp_attn size, exp_vocab size, eps, total, llama, rope
+     * positions); buffers as native.py lists them */
     PyObject *dims, *bufs;
     if (!PyArg_ParseTuple(args, "O!O!", &PyTuple_Type, &dims, &PyList_Type, &bufs))
         return -1;
-    long long v[13];
-    if (PyTuple_GET_SIZE(dims) != 13) {
-        PyErr_SetString(PyExc_ValueError, "13 dimensions expected");
+    long long v[N_DIMS];
+    if (PyTuple_GET_SIZE(dims) != N_DIMS) {
+        PyErr_Format(PyExc_ValueError, "%d dimensions expected", N_DIMS);
         return -1;
     }
-    for (int i = 0; i < 13; i++) {
+    for (int i = 0; i < N_DIMS; i++) {
         v[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(dims, i));
         if (v[i] == -1 && PyErr_Occurred())
             return -1;
@@ -455,16 +599,20 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     self->d = (int)v[0]; self->H = (int)v[1]; self->KV = (int)v[2]; self->hd = (int)v[3];
     self->ff = (int)v[4]; self->V = (int)v[5]; self->L = (int)v[6]; self->W = (int)v[7];
     self->gelu_n = (int)v[8]; self->n_exp_attn = (int)v[9]; self->n_exp_vocab = (int)v[10];
-    self->eps = v[11]; self->total = v[12];
+    self->eps = v[11]; self->total = v[12]; self->llama = v[13] != 0; self->n_rope = (int)v[14];
     int d = self->d, H = self->H, KV = self->KV, hd = self->hd, ff = self->ff, V = self->V;
-    int L = self->L, G = 2 * self->gelu_n + 1, qkv = (H + 2 * KV) * hd;
-    if (d <= 0 || H <= 0 || KV <= 0 || H % KV || hd <= 0 || hd % 2 || H * hd != d || ff <= 0 || V <= 0
-            || L <= 0 || self->W <= 0 || self->W > 65536 || d > 4096 || ff > 65536
-            || self->gelu_n < 0 || self->n_exp_attn <= 0 || self->n_exp_vocab <= 0) {
+    int L = self->L, G = 2 * self->gelu_n + 1, llama = self->llama;
+    if (d <= 0 || H <= 0 || KV <= 0 || H % KV || hd <= 0 || hd % 2 || H * hd > 4096 || ff <= 0
+            || V <= 0 || L <= 0 || self->W <= 0 || self->W > 65536 || d > 4096 || ff > 65536
+            || self->gelu_n < 0 || self->n_exp_attn <= 0 || self->n_exp_vocab <= 0
+            || (llama && (self->n_rope <= 0 || ff > 2048 || ff % NBLK))
+            || (!llama && H * hd != d)) {
         PyErr_SetString(PyExc_ValueError, "implausible model dimensions");
         return -1;
     }
-    if (PyList_GET_SIZE(bufs) != 7 + 12 * L) {
+    self->A = H * hd;
+    int A = self->A, qkv = (H + 2 * KV) * hd, n_glob = 7 + 2 * llama, per = 12 + 4 * llama;
+    if (PyList_GET_SIZE(bufs) != n_glob + per * L) {
         PyErr_SetString(PyExc_ValueError, "wrong number of buffers");
         return -1;
     }
@@ -475,38 +623,79 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
     }
     Py_INCREF(bufs);
     self->keep = bufs;
-    size_t total16 = packed_size(V, d) + (size_t)L * (packed_size(qkv, d) + packed_size(d, d)
-                                                      + packed_size(ff, d) + packed_size(d, ff));
-    self->w16 = big_alloc(total16 * sizeof(int16_t));
-    if (!self->w16) {
+    size_t total16 = packed_size(V, d) + (size_t)L * (packed_size(qkv, d) + packed_size(d, A)
+                                                      + packed_size((1 + llama) * ff, d)
+                                                      + (llama ? 0 : packed_size(d, ff)));
+    self->wpk = big_alloc(total16);
+    if (!self->wpk) {
         PyErr_NoMemory();
         return -1;
     }
-    int16_t *next16 = self->w16;
+    int8_t *next16 = self->wpk;
 #define GET(dst, i, n) if (!((dst) = buf_ptr(bufs, (i), (Py_ssize_t)(n)))) return -1
 #define GETW(dst, i, N, K) do { const int8_t *src; GET(src, (i), (size_t)(N) * (K)); \
         (dst) = next16; pack(src, (N), (K), next16); next16 += packed_size((N), (K)); } while (0)
-    GET(self->emb, 0, (size_t)V * d * 8);
+    GET(self->emb, 0, (size_t)V * d * 4);
     GETW(self->head, 1, V, d);
     GET(self->head_m, 2, (size_t)V * 8);
     GET(self->norm_f, 3, (size_t)d * 8);
     GET(self->exp_vocab, 4, (size_t)self->n_exp_vocab * 8);
     GET(self->exp_attn, 5, (size_t)self->n_exp_attn * 8);
     GET(self->alibi, 6, (size_t)H * self->W * 4);
+    if (llama) {
+        GET(self->rope_cos, 7, (size_t)self->n_rope * (hd / 2) * 4);
+        GET(self->rope_sin, 8, (size_t)self->n_rope * (hd / 2) * 4);
+        for (size_t i = 0; i < (size_t)self->n_rope * (hd / 2); i++)
+            if (abs(self->rope_cos[i]) > 1 << ROPE_BITS || abs(self->rope_sin[i]) > 1 << ROPE_BITS) {
+                PyErr_SetString(PyExc_ValueError, "rotary table out of range");
+                return -1;
+            }
+    }
     for (int l = 0; l < L; l++) {
-        int b = 7 + 12 * l;
-        GETW(self->layers[l].wqkv, b, qkv, d);
-        GET(self->layers[l].qkv_m, b + 1, (size_t)qkv * 8);
-        GETW(self->layers[l].wo, b + 2, d, d);
-        GET(self->layers[l].wo_m, b + 3, (size_t)d * 8);
-        GETW(self->layers[l].w1, b + 4, ff, d);
-        GET(self->layers[l].w1_m, b + 5, (size_t)ff * 8);
-        GETW(self->layers[l].w2, b + 6, d, ff);
-        GET(self->layers[l].w2_m, b + 7, (size_t)d * 8);
-        GET(self->layers[l].gelu, b + 8, (size_t)ff * G);
-        GET(self->layers[l].norm1, b + 9, (size_t)d * 8);
-        GET(self->layers[l].norm2, b + 10, (size_t)d * 8);
-        GET(self->layers[l].shift, b + 11, (size_t)H * 4);
+        int b = n_glob + per * l;
+        struct Layer *lw = &self->layers[l];
+        GETW(lw->wqkv, b, qkv, d);
+        GET(lw->qkv_m, b + 1, (size_t)qkv * 8);
+        GETW(lw->wo, b + 2, d, A);
+        GET(lw->wo_m, b + 3, (size_t)d * 8);
+        if (llama) {   /* gate rows, then up rows: one matmul */
+            GETW(lw->w1, b + 12, ff, d);
+            GETW(lw->w1, b + 4, ff, d);
+            lw->w1 -= packed_size(ff, d);
+        } else {
+            GETW(lw->w1, b + 4, ff, d);
+        }
+        GET(lw->w1_m, b + 5, (size_t)ff * 8);
+        if (llama) {
+            const int8_t *w2;
+            const int64_t *h_shift;
+            GET(w2, b + 6, (size_t)d * ff);
+            GET(h_shift, b + 15, (size_t)ff * 8);
+            for (int c = 0; c < ff; c++)
+                if (h_shift[c] < 0 || h_shift[c] > H_SHIFT_MAX) {
+                    PyErr_SetString(PyExc_ValueError, "SwiGLU product shifts out of range");
+                    return -1;
+                }
+            if (w2_groups(self, lw, w2, h_shift) < 0) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            GET(lw->silu, b + 8, (size_t)ff * G * 2);
+            GET(lw->wg_m, b + 13, (size_t)ff * 8);
+            GET(lw->h_m, b + 14, (size_t)ff * 8);
+        } else {
+            GETW(lw->w2, b + 6, d, ff);
+            GET(lw->gelu, b + 8, (size_t)ff * G);
+        }
+        GET(lw->w2_m, b + 7, (size_t)d * 8);
+        GET(lw->norm1, b + 9, (size_t)d * 8);
+        GET(lw->norm2, b + 10, (size_t)d * 8);
+        GET(lw->shift, b + 11, (size_t)H * 4);
+        for (int i = 0; llama && i < d; i++)
+            if (lw->w2_m[i] <= -((int64_t)1 << 33) || lw->w2_m[i] >= (int64_t)1 << 33) {
+                PyErr_SetString(PyExc_ValueError, "w2 multipliers out of range");
+                return -1;
+            }
     }
 #undef GETW
 #undef GET
@@ -515,7 +704,7 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "exp tables must start positive");
         return -1;
     }
-    /* the bounds that keep the attention's int32 arithmetic exact (softmax) */
+    /* the bounds that keep the attention's int32 arithmetic exact (softmax, weigh) */
     self->rbias = PyMem_Malloc((size_t)H * self->W * sizeof(int32_t));
     self->exp32 = PyMem_Malloc((size_t)self->n_exp_attn * sizeof(int32_t));
     if (!self->rbias || !self->exp32) {
@@ -531,7 +720,9 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
         self->rbias[(size_t)h * self->W + self->W - 1 - k] = self->alibi[i];
     }
     for (int i = 0; i < self->n_exp_attn; i++) {
-        if (self->exp_attn[i] < 0 || self->exp_attn[i] > (1 << 22)) {
+        /* e <= 2**22 (int16 halves), and W * (e >> 8) * 127 < 2**31 (weigh's sums) */
+        if (self->exp_attn[i] < 0 || self->exp_attn[i] > (1 << 22)
+                || (int64_t)self->W * (self->exp_attn[i] >> 8) * 127 >= (int64_t)1 << 31) {
             PyErr_SetString(PyExc_ValueError, "attention exp table out of range");
             return -1;
         }
@@ -557,9 +748,15 @@ typedef struct {
     Model *model;
     int B;
     int64_t fill;              /* positions seen (shared by the batch, as KVCache.fill) */
-    int8_t *k, *v;             /* [L][B][KV] rings of W positions: keys [hd/2][W][2], values
-                                  [hd][W] (see the attention kernels) */
+    void *k;                   /* [L][B][KV] rings of W positions: keys [hd/2][W][2], int8
+                                  (int16 rotated for Llama) ... */
+    int8_t *v;                 /* ... values [hd][W] (see the attention kernels) */
 } Cache;
+
+static size_t key_size(const Model *m)
+{
+    return m->llama ? 2 : 1;
+}
 
 static void Cache_dealloc(Cache *self)
 {
@@ -582,7 +779,7 @@ static int Cache_init(Cache *self, PyObject *args, PyObject *kw)
         return -1;
     }
     size_t n = (size_t)m->L * B * m->W * m->KV * m->hd;
-    self->k = big_alloc(n);
+    self->k = big_alloc(n * key_size(m));
     self->v = big_alloc(n);
     if (!self->k || !self->v) {
         PyErr_NoMemory();
@@ -613,7 +810,10 @@ typedef struct {           /* per-step scratch for a batch of B streams */
     int16_t *y;            /* [B][max(d, ff)] int8-valued matmul inputs */
     int32_t *acc;          /* [B][max(qkv, ff, V)] matmul sums */
     int8_t *qkv;           /* [B][qkv] */
-    int16_t *a;            /* [B][d] attention outputs */
+    int16_t *a;            /* [B][A] attention outputs */
+    int16_t *q16;          /* Llama: [A] the rotated queries of one row */
+    int16_t *hg;           /* Llama: [B][H_GROUP] the SwiGLU products of one w2 group */
+    int64_t *acc64;        /* Llama: [B][d] the down projection's wide sums */
     int32_t *dots;         /* [W] q.k of every ring slot */
     int32_t *z;            /* [W] attention logits by ring slot */
     int16_t *ehi, *elo;    /* [W] their exp weights, split as 256 hi + lo */
@@ -626,24 +826,104 @@ static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const
     int H = m->H, KV = m->KV, hd = m->hd, W = m->W, group = H / KV;
     int64_t first = pos - W + 1 < 0 ? 0 : pos - W + 1;
     int slot = (int)(pos % W), nk = (int)(pos - first + 1);
+    /* the slots the kernels read: those that hold keys (0 .. slot until the ring
+     * is full), rounded up to whole SIMD blocks (the extra weights are 0) */
+    int used = nk == W ? W : ((slot + 32) & ~31) < W ? (slot + 32) & ~31 : W;
     size_t head = (size_t)hd * W;
     size_t row = ((size_t)l * c->B + b) * KV * head;
-    int8_t *kc = c->k + row, *vc = c->v + row;
-    for (int kv = 0; kv < KV; kv++)         /* the new key and value into their slot */
-        for (int i = 0; i < hd; i++) {
-            kc[kv * head + ((size_t)(i >> 1) * W + slot) * 2 + (i & 1)] = qkv[(H + kv) * hd + i];
+    int8_t *kc = (int8_t *)c->k + row, *vc = c->v + row;
+    int16_t *kc16 = (int16_t *)c->k + row;
+    for (int kv = 0; kv < KV; kv++)         /* the new value into its slot */
+        for (int i = 0; i < hd; i++)
             vc[kv * head + (size_t)i * W + slot] = qkv[(H + KV + kv) * hd + i];
-        }
+    if (m->llama) {       /* rotary positions (engine._rotate): keys into their slot, queries */
+        const int32_t *cs = m->rope_cos + pos * (hd / 2), *sn = m->rope_sin + pos * (hd / 2);
+        for (int h = 0; h < H + KV; h++)
+            for (int i = 0; i < hd / 2; i++) {
+                int32_t x0 = qkv[h * hd + 2 * i], x1 = qkv[h * hd + 2 * i + 1];
+                int16_t r0 = (int16_t)((x0 * cs[i] - x1 * sn[i] + (1 << (ROPE_BITS - 1)))
+                                       >> ROPE_BITS);
+                int16_t r1 = (int16_t)((x0 * sn[i] + x1 * cs[i] + (1 << (ROPE_BITS - 1)))
+                                       >> ROPE_BITS);
+                int16_t *dst = h < H ? S->q16 + h * hd + 2 * i
+                                     : kc16 + (h - H) * head + ((size_t)i * W + slot) * 2;
+                dst[0] = r0;
+                dst[1] = r1;
+            }
+    } else {
+        for (int kv = 0; kv < KV; kv++)
+            for (int i = 0; i < hd; i++)
+                kc[kv * head + ((size_t)(i >> 1) * W + slot) * 2 + (i & 1)] = qkv[(H + kv) * hd + i];
+    }
     for (int h = 0; h < H; h++) {
-        const int8_t *kp = kc + (h / group) * head, *vt = vc + (h / group) * head;
-        kernels->scores(qkv + h * hd, kp, hd, W, S->dots);
-        int64_t s = kernels->softmax(S->dots, m->rbias + (size_t)h * W, m->layers[l].shift[h], slot, nk,
-                            W, m->exp32, m->n_exp_attn, S->z, S->ehi, S->elo);
+        const int8_t *vt = vc + (h / group) * head;
+        if (m->llama)
+            kernels->scores16(S->q16 + h * hd, kc16 + (h / group) * head, hd, W, used, S->dots);
+        else
+            kernels->scores(qkv + h * hd, kc + (h / group) * head, hd, W, used, S->dots);
+        int64_t s = kernels->softmax(S->dots, m->rbias + (size_t)h * W, m->layers[l].shift[h],
+                                     slot, nk, W, used, m->exp32, m->n_exp_attn, S->z, S->ehi,
+                                     S->elo);
         int64_t inv = ((int64_t)1 << RECIP) / s;
-        kernels->weigh(S->ehi, S->elo, vt, hd, W, S->num);
+        kernels->weigh(S->ehi, S->elo, vt, hd, W, used, S->num);
         for (int i = 0; i < hd; i++)
             a[h * hd + i] = (int16_t)((S->num[i] * inv + ((int64_t)1 << (RECIP - 1))) >> RECIP);
     }
+}
+
+static void gelu_mlp(const Model *m, const struct Layer *lw, int R, Scratch *S)
+{
+    /* x += GELU(y @ w1) @ w2 (engine._mlp) for the R rows of y */
+    int d = m->d, ff = m->ff, G = 2 * m->gelu_n + 1;
+    kernels->matmul(S->y, R, lw->w1, d, ff, S->acc);
+    for (int i = 0; i < ff; i++) {    /* channel-major: one GELU table row stays cached */
+        const int8_t *table = lw->gelu + (size_t)i * G + m->gelu_n;
+        for (int r = 0; r < R; r++) {
+            int64_t idx = requant(S->acc[(size_t)r * ff + i], lw->w1_m[i]);
+            idx = idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx;
+            S->y[(size_t)r * ff + i] = table[idx];    /* GELU outputs: inputs of w2 */
+        }
+    }
+    kernels->matmul(S->y, R, lw->w2, ff, d, S->acc);
+    for (int r = 0; r < R; r++) {
+        int64_t *x = S->x + (size_t)r * d;
+        const int32_t *ac = S->acc + (size_t)r * d;
+        for (int i = 0; i < d; i++)
+            x[i] += requant(ac[i], lw->w2_m[i]);
+    }
+}
+
+static void swiglu(const Model *m, const struct Layer *lw, int R, Scratch *S)
+{
+    /* Llama: x += (h << k) @ w2 with h = requant(SiLU(y @ wg) * (y @ w1)) in int16
+     * (engine._mlp); the down projection by groups of channels with one shift */
+    int d = m->d, ff = m->ff, G = 2 * m->gelu_n + 1, n = m->gelu_n;
+    kernels->matmul(S->y, R, lw->w1, d, 2 * ff, S->acc);     /* gate | up */
+    for (int r = 0; r < R; r++) {
+        const int32_t *ac = S->acc + (size_t)r * 2 * ff;
+        for (int i = 0; i < ff; i++) {
+            int64_t idx = requant(ac[i], lw->wg_m[i]);
+            idx = idx < -n ? -n : idx > n ? n : idx;
+            int64_t up = clamp8(requant(ac[ff + i], lw->w1_m[i]));
+            int64_t h = requant(lw->silu[(size_t)i * G + n + idx] * up, lw->h_m[i]);
+            S->y[(size_t)r * ff + i] = (int16_t)(h < -H_MAX ? -H_MAX : h > H_MAX ? H_MAX : h);
+        }
+    }
+    memset(S->acc64, 0, (size_t)R * d * 8);
+    for (int g = 0; g < lw->n_groups; g++) {
+        const W2Group *gr = &lw->groups[g];
+        const int *ch = lw->perm + gr->start;
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < gr->len; t++)
+                S->hg[(size_t)r * gr->len + t] = S->y[(size_t)r * ff + ch[t]];
+        kernels->matmul(S->hg, R, gr->w, gr->len, d, S->acc);
+        for (size_t i = 0; i < (size_t)R * d; i++)
+            S->acc64[i] += (int64_t)S->acc[i] * ((int64_t)1 << gr->shift);  /* acc may be < 0 */
+    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < d; i++)
+            S->x[(size_t)r * d + i] += requant_wide(S->acc64[(size_t)r * d + i], lw->w2_m[i],
+                                                    H_SHIFT_MAX);
 }
 
 /* Positions pos0 .. pos0 + n of every stream: row (b, j) reads token
@@ -654,11 +934,13 @@ static void attention(const Model *m, Cache *c, int l, int b, int64_t pos, const
 static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t *tokens,
                     size_t tstride, int64_t *logits, size_t lstride, Scratch *S)
 {
-    int R = c->B * n, d = m->d, ff = m->ff, G = 2 * m->gelu_n + 1;
+    int R = c->B * n, d = m->d, A = m->A;
     int qkvn = (m->H + 2 * m->KV) * m->hd;
-    for (int r = 0; r < R; r++)
-        memcpy(S->x + (size_t)r * d, m->emb + (size_t)tokens[(r / n) * tstride + r % n] * d,
-               (size_t)d * 8);
+    for (int r = 0; r < R; r++) {
+        const int32_t *e = m->emb + (size_t)tokens[(r / n) * tstride + r % n] * d;
+        for (int i = 0; i < d; i++)
+            S->x[(size_t)r * d + i] = e[i];
+    }
     for (int l = 0; l < m->L; l++) {
         const struct Layer *lw = &m->layers[l];
         for (int r = 0; r < R; r++)
@@ -669,9 +951,9 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
             const int32_t *ac = S->acc + (size_t)r * qkvn;
             for (int i = 0; i < qkvn; i++)
                 q[i] = clamp8(requant(ac[i], lw->qkv_m[i]));
-            attention(m, c, l, r / n, pos0 + r % n, q, S->a + (size_t)r * d, S);
+            attention(m, c, l, r / n, pos0 + r % n, q, S->a + (size_t)r * A, S);
         }
-        kernels->matmul(S->a, R, lw->wo, d, d, S->acc);
+        kernels->matmul(S->a, R, lw->wo, A, d, S->acc);
         for (int r = 0; r < R; r++) {
             int64_t *x = S->x + (size_t)r * d;
             const int32_t *ac = S->acc + (size_t)r * d;
@@ -679,22 +961,10 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
                 x[i] += requant(ac[i], lw->wo_m[i]);
             norm(m, x, lw->norm2, S->y + (size_t)r * d);
         }
-        kernels->matmul(S->y, R, lw->w1, d, ff, S->acc);
-        for (int i = 0; i < ff; i++) {    /* channel-major: one GELU table row stays cached */
-            const int8_t *table = lw->gelu + (size_t)i * G + m->gelu_n;
-            for (int r = 0; r < R; r++) {
-                int64_t idx = requant(S->acc[(size_t)r * ff + i], lw->w1_m[i]);
-                idx = idx < -m->gelu_n ? -m->gelu_n : idx > m->gelu_n ? m->gelu_n : idx;
-                S->y[(size_t)r * ff + i] = table[idx];    /* GELU outputs: inputs of w2 */
-            }
-        }
-        kernels->matmul(S->y, R, lw->w2, ff, d, S->acc);
-        for (int r = 0; r < R; r++) {
-            int64_t *x = S->x + (size_t)r * d;
-            const int32_t *ac = S->acc + (size_t)r * d;
-            for (int i = 0; i < d; i++)
-                x[i] += requant(ac[i], lw->w2_m[i]);
-        }
+        if (m->llama)
+            swiglu(m, lw, R, S);
+        else
+            gelu_mlp(m, lw, R, S);
     }
     for (int r = 0; r < R; r++)
         norm(m, S->x + (size_t)r * d, m->norm_f, S->y + (size_t)r * d);
@@ -707,6 +977,14 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
     }
 }
 
+static size_t acc_width(const Model *m)
+{
+    /* the widest matmul output: qkv, ff (Llama: gate and up, 2 ff) or the vocabulary */
+    size_t w = (size_t)(m->H + 2 * m->KV) * m->hd, f = (size_t)(1 + m->llama) * m->ff;
+    w = w > f ? w : f;
+    return w > (size_t)m->V ? w : (size_t)m->V;
+}
+
 static void scratch_free(Scratch *S)
 {
     PyMem_Free(S->x);
@@ -714,6 +992,9 @@ static void scratch_free(Scratch *S)
     PyMem_Free(S->acc);
     PyMem_Free(S->qkv);
     PyMem_Free(S->a);
+    PyMem_Free(S->q16);
+    PyMem_Free(S->hg);
+    PyMem_Free(S->acc64);
     PyMem_Free(S->dots);
     PyMem_Free(S->z);
     PyMem_Free(S->ehi);
@@ -725,21 +1006,22 @@ static int scratch_alloc(Scratch *S, const Model *m, int B)
 {
     size_t qkvn = (size_t)(m->H + 2 * m->KV) * m->hd;
     size_t yw = (size_t)(m->d > m->ff ? m->d : m->ff);
-    size_t aw = qkvn > (size_t)m->ff ? qkvn : (size_t)m->ff;
-    if ((size_t)m->V > aw)
-        aw = (size_t)m->V;
+    size_t aw = acc_width(m);
     S->x = PyMem_Malloc((size_t)B * m->d * 8);
     S->y = PyMem_Malloc((size_t)B * yw * 2);
     S->acc = PyMem_Malloc((size_t)B * aw * 4);
     S->qkv = PyMem_Malloc((size_t)B * qkvn);
-    S->a = PyMem_Malloc((size_t)B * m->d * 2);
+    S->a = PyMem_Malloc((size_t)B * m->A * 2);
+    S->q16 = PyMem_Malloc((size_t)m->A * 2);
+    S->hg = PyMem_Malloc((size_t)B * H_GROUP * 2);
+    S->acc64 = PyMem_Malloc((size_t)B * m->d * 8);
     S->dots = PyMem_Malloc((size_t)m->W * 4);
     S->z = PyMem_Malloc((size_t)m->W * 4);
     S->ehi = PyMem_Malloc((size_t)m->W * 2);
     S->elo = PyMem_Malloc((size_t)m->W * 2);
     S->num = PyMem_Malloc((size_t)m->hd * 8);
-    if (!S->x || !S->y || !S->acc || !S->qkv || !S->a || !S->dots || !S->z || !S->ehi || !S->elo
-            || !S->num) {
+    if (!S->x || !S->y || !S->acc || !S->qkv || !S->a || !S->q16 || !S->hg || !S->acc64
+            || !S->dots || !S->z || !S->ehi || !S->elo || !S->num) {
         scratch_free(S);
         return -1;
     }
@@ -766,7 +1048,13 @@ static PyObject *Cache_step(Cache *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "token id out of range");
             goto done;
         }
-    int sub = ROWS / B > n ? n : ROWS / B > 0 ? ROWS / B : 1;   /* positions per forward */
+    if (m->llama && self->fill + n > m->n_rope) {
+        PyErr_SetString(PyExc_ValueError, "position beyond the rotary table");
+        goto done;
+    }
+    int rows = (int)((1 << 23) / acc_width(m));   /* the sums of a pass: at most 32 MiB */
+    rows = rows > ROWS ? ROWS : rows;
+    int sub = rows / B > n ? n : rows / B > 0 ? rows / B : 1;   /* positions per forward */
     Scratch S;
     if (scratch_alloc(&S, m, B * sub) < 0) {
         PyErr_NoMemory();
@@ -796,7 +1084,8 @@ static void cache_keep(Cache *c, const int *rows, int nb)
     for (int l = 0; l < m->L; l++)
         for (int i = 0; i < nb; i++) {
             size_t from = ((size_t)l * c->B + rows[i]) * per, to = ((size_t)l * nb + i) * per;
-            memmove(c->k + to, c->k + from, per);
+            memmove((char *)c->k + to * key_size(m), (char *)c->k + from * key_size(m),
+                    per * key_size(m));
             memmove(c->v + to, c->v + from, per);
         }
     c->B = nb;
@@ -886,7 +1175,8 @@ static void freqs_row(const Model *m, const int64_t *l, int64_t *f)
 
 static PyObject *Model_freqs(Model *self, PyObject *args)
 {
-    /* freqs(logits: int64 buffer [R, V], out: writable int64 [R, V]): engine.freqs */
+    /* freqs(logits: int64 buffer [R, V], out: writable int64 [R, V], which may be
+     * logits itself: each entry is read before it is written): engine.freqs */
     Py_buffer lg, out;
     if (!PyArg_ParseTuple(args, "y*w*", &lg, &out))
         return NULL;
@@ -1042,7 +1332,7 @@ static PyObject *Model_decode(Model *self, PyObject *args)
         long long n;
         if (!PyArg_ParseTuple(PyList_GET_ITEM(streams, i), "O!L", &PyBytes_Type, &words, &n))
             goto done;
-        if (n < 0 || n > (1 << 26)) {
+        if (n < 0 || n > (1 << 26) || (self->llama && n > self->n_rope)) {
             PyErr_SetString(PyExc_ValueError, "implausible token count");
             goto done;
         }

@@ -4,9 +4,9 @@
 (numpy, no torch: a worker that decodes with the core never imports torch,
 which saves seconds on a cold start), packs them into the core's layout once
 and answers ``step`` / ``freqs`` / ``new_cache`` with the torch engine's
-integers, and ``decode`` with whole batches of streams.  Only ALiBi models
-run here (the shipped default, technical and starter); the strong tier
-(rotary Llama) stays on the torch engine.
+integers, and ``decode`` with whole batches of streams.  Both architectures
+run here: the ALiBi models (the shipped default, technical and starter) and
+the strong tier's rotary Llama.
 
 ``LLMFS_ENGINE=torch`` forces the torch engine (for comparison);
 ``LLMFS_ENGINE=native`` makes a missing core an error instead of a fallback.
@@ -58,7 +58,7 @@ def simd(path: str | None = None) -> str:
 def choose(model: LanguageModel) -> Engine | NativeEngine:
     """The engine to run *model* with, as LLMFS_ENGINE says."""
     choice = wanted()
-    if choice == "torch" or model.cfg.arch != "alibi" or model.device != "cpu":
+    if choice == "torch" or model.device != "cpu":
         return model.engine
     if _core is None:
         if choice == "native":
@@ -97,32 +97,48 @@ class NativeCache:
 
 
 class NativeEngine:
-    """The integer engine of an ALiBi model on the native core: the torch
-    engine's tables (``engine.py`` is the reference, tests/test_native.py)."""
+    """The integer engine of a model on the native core: the torch engine's
+    tables (``engine.py`` is the reference, tests/test_native.py)."""
 
     def __init__(self, cfg: Config, tensors: dict[str, np.ndarray]) -> None:
         self.cfg = cfg
+        llama = cfg.arch == "llama"
+        if cfg.arch not in ("alibi", "llama"):
+            raise ValueError(f"unknown architecture {cfg.arch!r}")
 
-        def i64(name: str, shift: int = 0) -> bytes:
-            return (tensors[name].astype(np.int64) << shift).tobytes()
+        def ints(name: str, dtype=np.int64, shift: int = 0) -> bytes:
+            t = tensors[name].astype(np.int64) << shift
+            if t.size and (t.min() < np.iinfo(dtype).min or t.max() > np.iinfo(dtype).max):
+                raise ValueError(f"{name} out of the core's {np.dtype(dtype).name} range")
+            return t.astype(dtype).tobytes()
 
-        alibi = np.array(alibi_table(cfg.n_head, cfg.window), dtype=np.int32)
+        if llama:       # no position bias: keys outside the window are out of the ring
+            bias = np.zeros((cfg.n_head, cfg.window), dtype=np.int32)
+        else:
+            bias = np.array(alibi_table(cfg.n_head, cfg.window), dtype=np.int32)
         gain = NORM_R + 1                               # RMSNorm gains pre-shifted (engine._norm)
-        bufs = [i64("emb"), _int8(tensors, "head"), i64("head_m"), i64("norm_f", gain),
-                i64("exp_vocab"), i64("exp_attn"), alibi.tobytes()]
+        bufs = [ints("emb", np.int32), _int8(tensors, "head"), ints("head_m"),
+                ints("norm_f", shift=gain), ints("exp_vocab"), ints("exp_attn"), bias.tobytes()]
+        if llama:
+            bufs += [ints("rope_cos", np.int32), ints("rope_sin", np.int32)]
         for i in range(cfg.n_layer):
             p = f"layers.{i}."
-            bufs += [_int8(tensors, p + "wqkv"), i64(p + "qkv_m"), _int8(tensors, p + "wo"),
-                     i64(p + "wo_m"), _int8(tensors, p + "w1"), i64(p + "w1_m"),
-                     _int8(tensors, p + "w2"), i64(p + "w2_m"),
-                     tensors[p + "gelu"].astype(np.int8).tobytes(),
-                     i64(p + "norm1", gain), i64(p + "norm2", gain),
-                     tensors[p + "score_shift"].astype(np.int32).tobytes()]
+            bufs += [_int8(tensors, p + "wqkv"), ints(p + "qkv_m"), _int8(tensors, p + "wo"),
+                     ints(p + "wo_m"), _int8(tensors, p + "w1"), ints(p + "w1_m"),
+                     _int8(tensors, p + "w2"), ints(p + "w2_m"),
+                     ints(p + "gelu", np.int16 if llama else np.int8),
+                     ints(p + "norm1", shift=gain), ints(p + "norm2", shift=gain),
+                     ints(p + "score_shift", np.int32)]
+            if llama:   # SwiGLU: the gate, its and the product's multipliers, the shifts
+                bufs += [_int8(tensors, p + "wg"), ints(p + "wg_m"), ints(p + "h_m"),
+                         ints(p + "h_shift")]
         gelu_n = (tensors["layers.0.gelu"].shape[1] - 1) // 2 if cfg.n_layer else 0
         eps = int(cfg.norm_eps * (1 << (2 * (FX + NORM_R))))
+        n_rope = tensors["rope_cos"].shape[0] if llama else 0
         dims = (cfg.d_model, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab,
                 cfg.n_layer, cfg.window, gelu_n, tensors["exp_attn"].size,
-                tensors["exp_vocab"].size, eps, (1 << FREQ_BITS) - cfg.vocab)
+                tensors["exp_vocab"].size, eps, (1 << FREQ_BITS) - cfg.vocab, int(llama),
+                n_rope)
         self.core = _core.Model(dims, bufs)
 
     @classmethod
@@ -142,10 +158,11 @@ class NativeEngine:
         cache.core.step(tokens, n, out)
         return out
 
-    def freqs(self, logits: np.ndarray) -> np.ndarray:
-        """Integer frequencies (each row sums to 2**24 - V), as Engine.freqs."""
+    def freqs(self, logits: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """Integer frequencies (each row sums to 2**24 - V), as Engine.freqs;
+        *inplace* writes them over *logits* (an int64 array of the core's)."""
         lg = np.ascontiguousarray(logits, dtype=np.int64)
-        out = np.empty_like(lg)
+        out = lg if inplace else np.empty_like(lg)
         self.core.freqs(lg, out)
         return out
 
