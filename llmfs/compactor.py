@@ -41,9 +41,10 @@ def outdated_llm(head: Frame) -> bool:
 
 
 def wanted(head: Frame, upgrade: bool) -> bool:
-    """Whether compaction re-codes a block with this parsed frame: zstd, and
-    with *upgrade* llm of an older format."""
-    return head.codec == Codec.ZSTD or (upgrade and outdated_llm(head))
+    """Whether compaction re-codes a block with this parsed frame: any but
+    raw and llm (a fallback frame is tried again when the encoding models
+    change), and with *upgrade* llm of an older format."""
+    return head.codec not in (Codec.RAW, Codec.LLM) or (upgrade and outdated_llm(head))
 
 
 def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
@@ -88,8 +89,8 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
                     stats["upgraded"] += 1
                 elif head.codec == Codec.LLM:
                     stats["llm"] += 1
-                else:      # the model lost, but zstd -19 beat the fast write-time level
-                    stats["zstd"] += 1
+                else:      # the model lost, but a fallback beat the fast write level
+                    stats["fallback"] += 1
                     t.mark_tried(k, codec.encoder_tag)
             else:
                 t.mark_tried(k, codec.encoder_tag)   # not again with these models
@@ -195,7 +196,7 @@ class Compactor:
         self.stats["compact_rounds"] += 1
         self.stats["compact_tried"] += len(keys)
         self.stats["compact_llm"] += counts["llm"]
-        self.stats["compact_zstd"] += counts["zstd"]
+        self.stats["compact_fallback"] += counts["fallback"]
         self.stats["compact_upgraded"] += counts["upgraded"]
         self.stats["compact_saved_bytes"] += counts["saved_bytes"]
         self.stats["compact_gone"] += counts["gone"]   # overwritten or deleted meanwhile

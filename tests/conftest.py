@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -158,3 +159,19 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)])
+
+
+def x86_like(n_calls: int, seed: int = 3) -> bytes:
+    """Machine-code-like bytes: short random runs, each ending in a call
+    (E8 rel32) to one of a few functions; the relative offsets all differ,
+    so only the x86 branch converter makes the calls repeat."""
+    rng = random.Random(seed)
+    ops = [bytes(rng.randrange(256) for _ in range(rng.randint(3, 9))) for _ in range(40)]
+    targets = [rng.randrange(1 << 20) for _ in range(6)]
+    out = bytearray()
+    for _ in range(n_calls):
+        out += rng.choice(ops)
+        rel = (rng.choice(targets) - (len(out) + 5)) & 0xFFFFFFFF
+        out += b"\xe8" + rel.to_bytes(4, "little")
+    return bytes(out)
+

@@ -104,12 +104,13 @@ def test_compact_does_not_retry_blocks_the_models_cannot_shrink(tmp_path):
     assert llmfs("mkfs", str(store), "--block-size", "16384").returncode == 0
     assert llmfs("import", str(src), str(store)).returncode == 0
     first = llmfs("compact", str(store))
-    assert first.returncode == 0 and "tried 2 zstd blocks" in first.stdout, first.stdout
+    assert first.returncode == 0 and "tried 2 zstd/LZMA/PPMd blocks" in first.stdout, \
+        first.stdout
     assert "0 now llm" in first.stdout
     again = llmfs("compact", str(store))
-    assert "tried 0 zstd blocks" in again.stdout and "2 skipped" in again.stdout, again.stdout
+    assert "tried 0 zstd/LZMA/PPMd blocks" in again.stdout and "2 skipped" in again.stdout, again.stdout
     forced = llmfs("compact", str(store), "--retry")
-    assert "tried 2 zstd blocks" in forced.stdout, forced.stdout
+    assert "tried 2 zstd/LZMA/PPMd blocks" in forced.stdout, forced.stdout
     s = Store(store, readonly=True)
     files, n = s.read(lambda t: t.codec_models())
     tag = encoder_tag([model_id(d)[:8] for d in files[:n]])
@@ -134,9 +135,9 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     assert [(Frame.unpack(f).codec, Frame.unpack(f).version) for f in old] == [(Codec.LLM, MATCH)] * 2
 
     plain = llmfs("compact", str(store))
-    assert plain.returncode == 0 and "tried 0 zstd blocks" in plain.stdout, plain.stdout
+    assert plain.returncode == 0 and "tried 0 zstd/LZMA/PPMd blocks" in plain.stdout, plain.stdout
     up = llmfs("compact", str(store), "--upgrade", "--workers", "1")
-    assert "tried 2 zstd and older llm blocks" in up.stdout, up.stdout + up.stderr
+    assert "tried 2 zstd/LZMA/PPMd and older llm blocks" in up.stdout, up.stdout + up.stderr
     assert "2 llm re-coded smaller" in up.stdout, up.stdout
     s = Store(store, readonly=True)
     new = s.read(lambda t: [t.frame(k) for k in keys])
@@ -145,4 +146,4 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     assert sum(map(len, new)) < sum(map(len, old))
     assert BlockCodec(model).decode_blocks(new) == raws
     again = llmfs("compact", str(store), "--upgrade")
-    assert "tried 0 zstd and older llm blocks" in again.stdout, again.stdout
+    assert "tried 0 zstd/LZMA/PPMd and older llm blocks" in again.stdout, again.stdout

@@ -1,11 +1,18 @@
-"""Range coding with exact integer tables (constriction)."""
+"""Range coding with exact integer tables (constriction), and when the encoder gives up."""
+from pathlib import Path
+
 import constriction
 import numpy as np
+import zstandard
 from hypothesis import given, settings, strategies as st
 
-from llmfs.codec.llm import _FAMILY, ideal_bits, three_buckets
+from llmfs.codec.frame import VERSION
+from llmfs.codec.llm import _FAMILY, LLMCodec, ideal_bits, three_buckets
+from llmfs.codec.segments import SEGMENT
 from llmfs.codec.mixer import symbol_stats
 from llmfs.model.engine import FREQ_BITS
+
+SAMPLES = Path(__file__).resolve().parent.parent / "llmfs" / "samples"
 
 
 def tables(seed: int, n: int, vocab: int, peaked: float) -> tuple[np.ndarray, np.ndarray]:
@@ -63,3 +70,19 @@ def test_long_block_is_several_segments_and_decodes(model):
     bad = bytearray(enc.payload)
     bad[3] ^= 1                                          # damaged segment table
     assert codec.decode_many([enc._replace(payload=bytes(bad))]) == [None]
+
+
+def test_give_up_is_predicted_for_the_whole_block_not_the_first_window(model):
+    """A block that repeats itself: the first window of each stream costs far
+    more than zstd's whole-block rate (the old test gave up on it there), yet
+    the model, which learns the repeats, wins the whole block."""
+    block = ((SAMPLES / "server.go").read_bytes()[:24000] * 3)[:65536]
+    zstd_bpb = 8 * len(zstandard.ZstdCompressor(level=19).compress(block)) / len(block)
+    codec = LLMCodec(model)
+    first = []
+    ids = model.tokenizer.encode(block)
+    codec._stats(ids, SEGMENT, VERSION, lambda bits, seen: first.append(bits / len(seen)))
+    assert first[0] > zstd_bpb                          # behind zstd after the first window
+    enc = codec.encode(block, abort_bpb=zstd_bpb)
+    assert enc is not None and 8 * len(enc.payload) < 0.8 * zstd_bpb * len(block)
+    assert codec.encode(block, abort_bpb=0.3) is None   # out of reach: given up

@@ -1,14 +1,16 @@
 """Frames: round trip, and every bit flip or truncation is a clean error."""
+import random
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import PROSE
+from conftest import PROSE, x86_like
 from llmfs.codec.frame import NGRAMS, READS, Codec, Frame, FrameError, checksum
 from llmfs.codec.policy import BlockCodec
 
 
 @settings(max_examples=200)
-@given(st.sampled_from([Codec.RAW, Codec.ZSTD, Codec.LLM]), st.binary(max_size=300),
+@given(st.sampled_from(list(Codec)), st.binary(max_size=300),
        st.binary(min_size=8, max_size=8), st.integers(0, 1000), st.sampled_from(READS))
 def test_pack_unpack(codec, payload, model, n, version):
     f = Frame(codec, 1000, checksum(payload), payload,
@@ -32,11 +34,18 @@ def corrupt_all(frame: bytes):
         yield frame[:n]
 
 
-@pytest.mark.parametrize("block", [PROSE[:120], bytes(300), b"\x8f\x01" + bytes(range(40))],
-                         ids=["llm", "zstd", "raw"])
-def test_every_flip_and_truncation_is_an_error(model, block):
-    codec = BlockCodec(model)
+_rng = random.Random(5)
+NUMBERS = " ".join(str(_rng.randrange(10 ** 6)) for _ in range(40)).encode()
+
+
+@pytest.mark.parametrize("block, kind", [(PROSE[:120], Codec.LLM), (NUMBERS, Codec.ZSTD),
+                                         (x86_like(100), Codec.LZMA), (PROSE[:300], Codec.PPMD),
+                                         (b"\x8f\x01" + bytes(range(40)), Codec.RAW)],
+                         ids=["llm", "zstd", "lzma", "ppmd", "raw"])
+def test_every_flip_and_truncation_is_an_error(model, block, kind):
+    codec = BlockCodec(model if kind == Codec.LLM else None)
     frame = codec.encode_blocks([block])[0]
+    assert Frame.unpack(frame).codec == kind
     damaged = list(corrupt_all(frame))
     results = codec.decode_each(damaged)  # one batch: fast even for the llm frame
     for bad, res in zip(damaged, results):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import PROSE, TEXT
+from conftest import PROSE, TEXT, x86_like
 from llmfs.codec.frame import Codec, Frame
 from llmfs.codec.policy import BlockCodec, Policy
 
@@ -20,7 +20,7 @@ def test_policy_picks_per_kind(codec):
     rand = os.urandom(3000)
     zeros = bytes(5000)
     frames = codec.encode_blocks([text, rand, zeros, b"", b"x"])
-    assert codecs_of(frames) == [Codec.LLM, Codec.RAW, Codec.ZSTD, Codec.RAW, Codec.RAW]
+    assert codecs_of(frames) == [Codec.LLM, Codec.RAW, Codec.PPMD, Codec.RAW, Codec.RAW]
     assert len(frames[0]) < len(text) / 2.5
     assert codec.decode_blocks(frames) == [text, rand, zeros, b"", b"x"]
     assert codec.counters["probe_incompressible"] >= 1  # random data never reached the model
@@ -58,7 +58,7 @@ def test_verify_failure_keeps_fallback(model, monkeypatch):
     codec = BlockCodec(model)
     monkeypatch.setattr(codec, "_decode_llm", lambda frames: [b"wrong"] * len(frames))
     frames = codec.encode_blocks([PROSE])
-    assert codecs_of(frames) == [Codec.ZSTD]
+    assert codecs_of(frames) == [Codec.PPMD]      # the best fallback
     assert codec.counters["verify_failures"] == 1
     assert BlockCodec(model).decode_blocks(frames) == [PROSE]
 
@@ -83,3 +83,35 @@ def test_cpu_frames_decode_on_cuda_and_back(model):
     blocks = [PROSE, TEXT * 3]
     assert gpu.decode_blocks(cpu.encode_blocks(blocks)) == blocks
     assert cpu.decode_blocks(gpu.encode_blocks(blocks)) == blocks
+
+
+def test_lzma_fallback_where_it_beats_zstd_with_the_x86_filter_on_code():
+    code = x86_like(6000)
+    codec = BlockCodec(None)
+    frame = Frame.unpack(codec.encode_blocks([code])[0])
+    zstd_only = Frame.unpack(BlockCodec(None, Policy(use_lzma=False, use_ppmd=False))
+                             .encode_blocks([code])[0])
+    assert frame.codec == Codec.LZMA and zstd_only.codec == Codec.ZSTD
+    assert frame.payload[0] == 1                      # the x86 chain won
+    assert len(frame.payload) < 0.9 * len(zstd_only.payload)
+    assert codec.decode_blocks([frame.pack()]) == [code]
+    # a damaged chain id or stream is an error, never wrong bytes
+    for bad in (bytes([7]) + frame.payload[1:], frame.payload[:-3],
+                frame.payload[:40] + bytes([frame.payload[40] ^ 4]) + frame.payload[41:]):
+        damaged = Frame(Codec.LZMA, frame.raw_len, frame.digest, bad).pack()
+        assert isinstance(codec.decode_each([damaged])[0], ValueError)
+
+
+def test_ppmd_fallback_is_kept_where_it_wins_and_damage_is_an_error():
+    block = PROSE
+    codec = BlockCodec(None)
+    frame = Frame.unpack(codec.encode_blocks([block])[0])
+    assert frame.codec == Codec.PPMD and frame.payload[:2] == bytes([8, 24])
+    assert codec.decode_blocks([frame.pack()]) == [block]
+    without = BlockCodec(None, Policy(use_ppmd=False)).encode_blocks([block])[0]
+    assert Frame.unpack(without).codec != Codec.PPMD and len(without) > len(frame.pack())
+    # a bad order or memory byte, a truncated or flipped stream: errors, never wrong bytes
+    p = frame.payload
+    for bad in (bytes([1]) + p[1:], p[:1] + bytes([60]) + p[2:], p[:40], p[:2] + bytes([p[2] ^ 1]) + p[3:]):
+        damaged = Frame(Codec.PPMD, frame.raw_len, frame.digest, bad).pack()
+        assert isinstance(codec.decode_each([damaged])[0], ValueError)

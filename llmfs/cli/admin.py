@@ -103,9 +103,9 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                         totals[k] = totals.get(k, 0) + v
                     bar.update(len(part))
         dt = time.monotonic() - t0
-    click.echo(f"{store}: tried {len(keys)} {'zstd and older llm' if upgrade else 'zstd'} "
-               f"blocks in {dt:.0f} s; "
-               f"{totals.get('llm', 0)} now llm, {totals.get('zstd', 0)} now zstd -19, "
+    kinds = "zstd/LZMA/PPMd and older llm" if upgrade else "zstd/LZMA/PPMd"
+    click.echo(f"{store}: tried {len(keys)} {kinds} blocks in {dt:.0f} s; "
+               f"{totals.get('llm', 0)} now llm, {totals.get('fallback', 0)} now zstd -19, LZMA or PPMd, "
                + (f"{totals.get('upgraded', 0)} llm re-coded smaller, " if upgrade else "")
                + f"{totals.get('kept', 0)} kept as they were; "
                f"saved {_human(totals.get('saved_bytes', 0))}"

@@ -34,6 +34,8 @@ class Codec(IntEnum):
     RAW = 0
     ZSTD = 1
     LLM = 2
+    LZMA = 3    # raw LZMA2 (filter chain id byte first; plain.py), a compaction-time fallback
+    PPMD = 4    # PPMd var. I (order and memory bytes first; plain.py), a compaction-time fallback
 
 
 class FrameError(ValueError):

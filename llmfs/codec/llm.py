@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Callable
+
 import constriction
 import numpy as np
+import zstandard
 
 from ..model import native
 from ..model.intformat import FREQ_BITS
@@ -41,12 +44,12 @@ class LLMCodec:
         self.bos = int(ids[0])  # fixed first context token: the model saw "\n" before documents
 
     def _stats(self, ids: np.ndarray, segment: int, version: int,
-               abort_bpb: float = math.inf) -> tuple[list[Stats], list[Stats]] | None:
+               give_up: GiveUp | None = None) -> tuple[list[Stats], list[Stats]] | None:
         """Code the token ids *ids* as streams of *segment* tokens, in lockstep,
         with the model alone and mixed as frame *version* says; returns each
         stream's (symbol, cumulative, frequency) of its tokens both ways, or
-        None when their first window already costs more than *abort_bpb* bits
-        per byte both ways (the model cannot win)."""
+        None when *give_up* (bits of the streams' first window the cheaper way,
+        the bytes of that window) says the model cannot win."""
         parts = [ids[s:s + segment] for s in range(0, len(ids), segment)]
         if not parts:
             return [], []
@@ -67,12 +70,13 @@ class LLMCodec:
             end = min(L, start + chunk)
             freqs = model_tables(self.engine, inp[:, start:end], cache)
             mixer.run(freqs, toks, lens, start, stats[False], stats[True])
-            # the abort test: once every stream is a window in (each cold start costs more,
+            # the give-up test: once every stream is a window in (each cold start costs more,
             # so fewer tokens per stream would give up on blocks the model wins)
-            if start < min(L, self.chunk) <= end and math.isfinite(abort_bpb):
-                nbytes = sum(len(self.model.tokenizer.id_bytes[t]) for p in parts for t in p[:end])
-                if min(sum(ideal_bits(st[i, :min(end, len(p))]) for i, p in enumerate(parts))
-                       for st in stats.values()) > abort_bpb * nbytes:
+            if give_up is not None and start < min(L, self.chunk) <= end:
+                bits = min(sum(ideal_bits(st[i, :min(end, len(p))]) for i, p in enumerate(parts))
+                           for st in stats.values())
+                seen = b"".join(self.model.tokenizer.decode(p[:end]) for p in parts)
+                if give_up(bits, seen):
                     return None
         return ([stats[False][i, :len(p)] for i, p in enumerate(parts)],
                 [stats[True][i, :len(p)] for i, p in enumerate(parts)])
@@ -88,9 +92,14 @@ class LLMCodec:
         """Range-code *block* twice, with the model alone and mixed (frame
         ``VERSION``), and keep the smaller (a model that already knows the data
         well can lose by the mixing); ``None`` when the streams' first window
-        already costs more than *abort_bpb* bits per byte both ways."""
+        predicts more than *abort_bpb* bits per byte for the whole block both
+        ways (``predicts_loss``)."""
         ids = self.model.tokenizer.encode(block)
-        both = self._stats(ids, SEGMENT, VERSION, abort_bpb)
+        give_up = None
+        if math.isfinite(abort_bpb):
+            def give_up(bits: float, seen: bytes) -> bool:
+                return predicts_loss(bits, seen, block, abort_bpb)
+        both = self._stats(ids, SEGMENT, VERSION, give_up)
         if both is None:
             return None
         vocab = self.model.cfg.vocab
@@ -179,6 +188,26 @@ class LLMCodec:
                     cache.select(keep)
             cur = np.array(nxt, dtype=np.int64)[:, None]
         return out
+
+
+GiveUp = Callable[[float, bytes], bool]
+_ZSTD19 = zstandard.ZstdCompressor(level=19)
+
+
+def predicts_loss(bits: float, seen: bytes, block: bytes, target_bpb: float) -> bool:
+    """Whether *bits*, the model's cost of the bytes *seen* of *block* so far,
+    predicts more than *target_bpb* bits per byte for the whole block.
+
+    Comparing the first window with the whole block's rate gave up on blocks
+    the model wins: the model learns the block as it goes (its n-gram caches
+    and match model), so its first window costs more than its average.  Every
+    adaptive coder pays that; zstd -19 stands in for the learning curve, so
+    the model's whole-block cost is predicted as its cost so far times how
+    much zstd shrinks the whole block relative to the same bytes seen
+    (``bits * zstd(block) / zstd(seen)``).  Two zstd -19 runs, about 40 ms a
+    64 KiB block, against seconds of model time for a block that cannot win."""
+    growth = len(_ZSTD19.compress(block)) / max(1, len(_ZSTD19.compress(seen)))
+    return bits * growth > target_bpb * len(block)
 
 
 def model_tables(engine, tokens: np.ndarray, cache) -> np.ndarray:

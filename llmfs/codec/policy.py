@@ -1,7 +1,8 @@
 """Codec policy and the batch API: ``encode_blocks`` / ``decode_blocks``.
 
 Every block is stored with the smallest frame that decoded back to the same
-bytes: raw (nothing shrinks it), zstd, or llm.  A zstd level-1 probe runs
+bytes: raw (nothing shrinks it), zstd, LZMA (binary data, where xz beats
+zstd -19 by 5-15 %), PPMd (structured text the model does not know), or llm.  A zstd level-1 probe runs
 first (as ZFS's early abort does) so incompressible data never reaches the
 model; the model gives up after its first chunk if it is already worse than
 zstd.  An llm frame is kept only after the real batched decoder reproduced
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..model import ModelFile
 from .frame import VERSION, Codec, Frame, FrameError, checksum
-from .plain import unzstd
+from .plain import lzma_payload, plain_bytes, ppmd_payload
 from .segments import Coded
 from .workers import LLMPool
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Policy:
     zstd_level: int = 19        # level of the zstd frame kept as fallback
+    use_lzma: bool = True       # also try LZMA (xz -9e, +x86 BCJ) and keep it when smaller
+    use_ppmd: bool = True       # also try PPMd var. I order 8 and keep it when smaller
     use_llm: bool = True
     probe_ratio: float = 0.97   # zstd-1 output above this fraction -> incompressible, no llm
     min_llm_bytes: int = 64     # tiny blocks are not worth a model call
@@ -117,6 +120,11 @@ class BlockCodec:
                 z = full.compress(raw)
                 if len(z) < len(raw):
                     best = Frame(Codec.ZSTD, len(raw), digest, z)
+                for codec, on, payload in ((Codec.LZMA, self.policy.use_lzma, lzma_payload),
+                                           (Codec.PPMD, self.policy.use_ppmd, ppmd_payload)):
+                    x = Frame(codec, len(raw), digest, payload(raw)) if on else best
+                    if len(x.payload) < len(best.payload) and plain_bytes(x) == raw:
+                        best = x
                 if self.policy.use_llm and self.model is not None \
                         and len(raw) >= self.policy.min_llm_bytes:
                     llm_todo.append(i)
@@ -177,10 +185,8 @@ class BlockCodec:
                 out[i] = e
         llm_idx = []
         for i, f in parsed.items():
-            if f.codec == Codec.RAW:
-                out[i] = f.payload
-            elif f.codec == Codec.ZSTD:
-                out[i] = unzstd(f)
+            if f.codec != Codec.LLM:
+                out[i] = plain_bytes(f)
             elif f.model not in self.llm:
                 out[i] = FrameError(f"block needs unknown model {f.model.hex()}; "
                                     "load it with --model or add it to the store")
