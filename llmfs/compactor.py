@@ -12,7 +12,8 @@ Blocks are content-addressed, so "still stored under this key" means
 stale frame.  Both also re-code llm blocks written in an older frame format
 (decoding each first; the daemon unless ``compact_upgrade = false``,
 ``llmfs compact`` with ``--upgrade``), when a newer format mixes the model
-with more of the block's own history.
+with more of the block's own history, and llm blocks of another model than
+the preferred encoder (the store learnt a better one, ``learner.py``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .codec.frame import VERSION, Codec, Frame, FrameError
 from .codec.plain import decode_plain, frame_codec
 from .codec.policy import BlockCodec, encoder_tag
 from .config import Config
+from .learner import Learner
 from .model import model_id
 from .store import Store, Txn
 from .store.schema import ref_tried, unpack_ref
@@ -34,26 +36,35 @@ from .store.schema import ref_tried, unpack_ref
 
 log = logging.getLogger(__name__)
 
-
-def outdated_llm(head: Frame) -> bool:
-    """Whether a parsed frame is llm in an older format than encoders write."""
-    return head.codec == Codec.LLM and head.version < VERSION
+LEARN_SLICE_S = 10.0   # store learning runs this long per compactor round, then paces
 
 
-def wanted(head: Frame, upgrade: bool) -> bool:
+def outdated_llm(head: Frame, first: bytes | None = None) -> bool:
+    """Whether a parsed frame is llm in an older format than encoders write,
+    or (given *first*, the preferred encoding model's short id) of another
+    model: one the store learnt since may code it smaller."""
+    return head.codec == Codec.LLM and (
+        head.version < VERSION or (first is not None and head.model != first))
+
+
+def wanted(head: Frame, upgrade: bool, first: bytes | None = None) -> bool:
     """Whether compaction re-codes a block with this parsed frame: any but
     raw and llm (a fallback frame is tried again when the encoding models
-    change), and with *upgrade* llm of an older format."""
-    return head.codec not in (Codec.RAW, Codec.LLM) or (upgrade and outdated_llm(head))
+    change), and with *upgrade* llm of an older format or another model than
+    *first*."""
+    return head.codec not in (Codec.RAW, Codec.LLM) or (upgrade and outdated_llm(head, first))
 
 
 def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
-               lock: threading.RLock | None = None, upgrade: bool = False) -> Counter[str]:
+               lock: threading.RLock | None = None, upgrade: bool = False,
+               seen: Callable[[list[bytes]], None] | None = None) -> Counter[str]:
     """Try to store blocks *keys* as llm frames; returns counts of what happened.
     *lock* is held around the swap transaction (the daemon's state mutex).
     llm blocks are skipped, except with *upgrade* those of an older format,
-    which are decoded and coded again."""
+    which are decoded and coded again.  *seen* gets the bytes of the blocks
+    tried (the store learner's sample)."""
     stats: Counter[str] = Counter()
+    first = codec.encoders[0] if codec.encoders else None
     frames = store.read(lambda t: {k: t.frame(k) for k in keys})
     raws: dict[bytes, bytes | FrameError] = {}
     old_llm: list[bytes] = []
@@ -61,7 +72,7 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
         head = None if f is None else Frame.unpack(f)
         if head is None:
             stats["gone"] += 1         # deleted or overwritten before the round read it
-        elif head.codec == Codec.LLM and not wanted(head, upgrade):
+        elif head.codec == Codec.LLM and not wanted(head, upgrade, first):
             stats["skipped"] += 1
         elif head.codec == Codec.LLM:
             old_llm.append(k)
@@ -72,6 +83,8 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
         del raws[k]
         stats["unreadable"] += 1
     order = list(raws)
+    if seen is not None:
+        seen([raws[k] for k in order])
     new = dict(zip(order, codec.encode_blocks([raws[k] for k in order])))
 
     def swap(t: Txn) -> None:
@@ -83,7 +96,8 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
                 t.replace_frame(k, new[k])
                 stats["saved_bytes"] += len(old) - len(new[k])
                 head = Frame.unpack(new[k])
-                if outdated_llm(head):   # the model alone won: upgrading would code it so again
+                if outdated_llm(head, first):   # the model alone or an older model won:
+                    # upgrading would code it so again
                     t.mark_tried(k, codec.encoder_tag)
                 if frame_codec(old) == Codec.LLM:
                     stats["upgraded"] += 1
@@ -102,7 +116,7 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
 
 
 def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes,
-                upgrade: bool = False) -> tuple[list[bytes], bytes]:
+                upgrade: bool = False, first: bytes | None = None) -> tuple[list[bytes], bytes]:
     """Up to *limit* zstd blocks (with *upgrade*, also llm blocks of an older
     format) written before *older_than_ns* and not yet tried by the encoding
     models *tag*, walking the block keys upward from *after* (wrapping at the
@@ -115,7 +129,7 @@ def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes
             continue
         if unpack_ref(ref)[1] < older_than_ns and ref_tried(ref) != tag:
             frame = t.frame(key)
-            if frame is not None and wanted(Frame.unpack(frame), upgrade):
+            if frame is not None and wanted(Frame.unpack(frame), upgrade, first):
                 out.append(key)
                 if len(out) >= limit:
                     return out, pos
@@ -131,16 +145,29 @@ class Compactor:
     def __init__(self, store: Store, model_files: list[bytes], encoders: int,
                  lock: threading.RLock, config: Config, busy: Callable[[], bool]) -> None:
         self.store = store
-        self.model_files = model_files
-        self.encoders = encoders        # the first *encoders* model files encode
-        self.tag = encoder_tag([model_id(d)[:8] for d in model_files[:encoders]])
+        self._models(model_files, encoders)
         self.lock = lock
         self.config = config
         self.busy = busy                # True while foreground I/O is going on
         self.stats: Counter[str] = Counter()
         self._stop = threading.Event()
         self._codec: BlockCodec | None = None
+        self.learner = Learner(store, config, self._stop, lock) if config.learn else None
         self._thread = threading.Thread(target=self._loop, name="llmfs-compactor", daemon=True)
+
+    def _models(self, model_files: list[bytes], encoders: int) -> None:
+        self.model_files = model_files
+        self.encoders = encoders        # the first *encoders* model files encode
+        self.tag = encoder_tag([model_id(d)[:8] for d in model_files[:encoders]])
+        self.first = model_id(model_files[0])[:8] if encoders else None
+
+    def reload_models(self) -> None:
+        """Take up the store's models as they are now (the learner registered
+        one): a new encoder tag, so every cold block is tried again."""
+        self._models(*self.store.read(lambda t: t.codec_models()))
+        if self._codec is not None:
+            self._codec.close()
+            self._codec = None
 
     def start(self) -> None:
         self._thread.start()
@@ -170,11 +197,25 @@ class Compactor:
         if self.busy():
             self.stats["compact_yields"] += 1
             return False
+        share = self.config.compact_cpu_share
+        if self.learner is not None and self.learner.due():   # a slice of store learning
+            t0 = time.monotonic()
+            self.stats["compact_busy"] = 1
+            try:
+                if self.learner.work(LEARN_SLICE_S):
+                    self.reload_models()
+            finally:
+                self.stats["compact_busy"] = 0
+            for k, v in self.learner.stats.items():
+                self.stats[k] = v
+            spent = time.monotonic() - t0
+            return not self._stop.wait(spent * (1 - share) / share)
         cutoff = time.time_ns() - int(self.config.compact_after_s * 1e9)
         cursor = bytes.fromhex(self.store.read(lambda t: t.meta("compact_cursor")) or "")
         upgrade = self.config.compact_upgrade
         keys, nxt = self.store.read(
-            lambda t: cold_blocks(t, cursor, self.config.compact_batch, cutoff, self.tag, upgrade))
+            lambda t: cold_blocks(t, cursor, self.config.compact_batch, cutoff, self.tag, upgrade,
+                                  self.first))
         if nxt != cursor:
             with self.lock:
                 self.store.write(lambda t: t.set_meta("compact_cursor", nxt.hex()))
@@ -189,7 +230,8 @@ class Compactor:
         t0 = time.monotonic()
         self.stats["compact_busy"] = 1
         try:
-            counts = recompress(self.store, self._codec, keys, self.lock, upgrade)
+            counts = recompress(self.store, self._codec, keys, self.lock, upgrade,
+                                self.learner.offer if self.learner is not None else None)
         finally:
             self.stats["compact_busy"] = 0
         spent = time.monotonic() - t0
@@ -202,6 +244,5 @@ class Compactor:
         self.stats["compact_gone"] += counts["gone"]   # overwritten or deleted meanwhile
         self.stats["compact_ms"] += int(spent * 1000)
         self.stats["verify_failures"] = counts["verify_failures"]
-        share = self.config.compact_cpu_share
         return not self._stop.wait(spent * (1 - share) / share)
 

@@ -34,7 +34,12 @@ class Config:
     compact_workers: int = 1          # model processes for encoding
     compact_cpu_share: float = 0.5    # fraction of wall time the compactor may encode
     compact_yield_s: float = 1.0      # no round starts within this long of a read or write
-    compact_upgrade: bool = True      # also re-code llm blocks of older frame formats
+    compact_upgrade: bool = True      # also re-code llm blocks of older formats / other models
+    learn: bool = True                # the daemon fine-tunes a store model on its cold data
+    learn_after_mib: float = 16.0     # ... each time this much compressible data was compacted
+    learn_sample_mib: float = 8.0     # ... from a sample of this much of it (a tenth held back)
+    learn_steps: int = 300            # ... in this many training steps of 16 x 256 tokens
+    learn_margin: float = 0.03        # ... kept only if it codes the held-back data this much smaller
     metrics_file: str = ""            # Prometheus text file the daemon rewrites ("" = off)
     model: str = ""                   # mkfs only: model file a new store encodes with ("" = shipped)
 
@@ -53,6 +58,10 @@ class Config:
             "compact_workers": 1 <= self.compact_workers <= 64,
             "compact_cpu_share": 0 < self.compact_cpu_share <= 1,
             "compact_yield_s": self.compact_yield_s >= 0,
+            "learn_after_mib": self.learn_after_mib > 0,
+            "learn_sample_mib": self.learn_sample_mib > 0,
+            "learn_steps": 1 <= self.learn_steps <= 100_000,
+            "learn_margin": 0 <= self.learn_margin < 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

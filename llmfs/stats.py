@@ -5,10 +5,12 @@ while a daemon serves it), so the numbers are exactly what the store holds.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from .codec.frame import Codec, Frame, FrameError
+from .model import model_id, model_metadata, shipped_model
 from .store import Store, Txn
 from .store.schema import unpack_ref
 
@@ -35,6 +37,9 @@ class StoreStats:
     damaged_frames: int = 0
     codecs: dict[str, CodecRow] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)   # short id hex -> llm blocks
+    model_about: dict[str, str] = field(default_factory=dict)   # short id hex -> where from
+    learn_last: dict = field(default_factory=dict)   # the daemon's last store-learning run
+    learn_pending_bytes: int = 0    # compacted since, towards the next run
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -50,6 +55,25 @@ class StoreStats:
         d["codecs"] = {k: {**asdict(v), "bpb": round(v.bpb, 4)} for k, v in self.codecs.items()}
         d.update(dedup_saved_bytes=self.dedup_saved_bytes, ratio=round(self.ratio, 4))
         return d
+
+
+def about_model(data: bytes) -> str:
+    """Where a store's model came from, in a line: shipped, or trained when,
+    on what, and what it measured (the notes in its file)."""
+    path = shipped_model(model_id(data))
+    if path is not None:
+        return f"shipped ({path.parent.name})"
+    try:
+        notes = json.loads(model_metadata(data).get("notes", "{}"))
+    except ValueError:
+        notes = {}
+    if "trained_at" in notes:
+        return (f"trained {notes['trained_at']} on {notes.get('trained_on', '?')}; held-back "
+                f"{notes.get('held_bpb', '?')} bpb (the model before it "
+                f"{notes.get('rival_bpb', '?')})")
+    if "sample_bytes" in notes:
+        return f"trained with llmfs train on {notes['sample_bytes']} bytes"
+    return "added by hand"
 
 
 def collect(store: Store) -> StoreStats:
@@ -86,5 +110,8 @@ def _collect(t: Txn) -> StoreStats:
     st.unique_bytes = sum(raw_len.values())
     st.stored_bytes = sum(r.stored for r in st.codecs.values())
     st.models = {m.hex(): models.get(m.hex(), 0) for m in t.model_ids()}
+    st.model_about = {m.hex(): about_model(d) for m, d in t.models().items()}
+    st.learn_last = json.loads(t.meta("learn_last") or "{}")
+    st.learn_pending_bytes = int(t.meta("learn_pending_bytes") or 0)
     st.counters = t.counters()
     return st

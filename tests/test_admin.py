@@ -147,3 +147,43 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     assert BlockCodec(model).decode_blocks(new) == raws
     again = llmfs("compact", str(store), "--upgrade")
     assert "tried 0 zstd/LZMA/PPMd and older llm blocks" in again.stdout, again.stdout
+
+
+def test_compact_upgrade_recodes_llm_blocks_of_a_model_no_longer_preferred(tmp_path, model):
+    """When a better model comes first among the encoders (store learning, or
+    llmfs train), --upgrade tries it on llm blocks another model coded: each
+    keeps the smaller verified frame, is marked, and is not tried again."""
+    from llmfs.codec.policy import BlockCodec
+    from llmfs.model import MODELS_DIR, read_model_file
+
+    store, src = tmp_path / "s", tmp_path / "src"
+    src.mkdir()
+    (src / "gpl").write_bytes(SAMPLE[:32768])
+    assert llmfs("mkfs", str(store), "--block-size", "16384").returncode == 0
+    assert llmfs("import", str(src), str(store)).returncode == 0
+    assert "2 now llm" in llmfs("compact", str(store), "--workers", "1").stdout
+    other = read_model_file(MODELS_DIR / "technical" / "model.safetensors")
+    s = Store(store)
+    keys = s.read(lambda t: [k for k, _ in t.scan("blocks")])
+    before = s.read(lambda t: [t.frame(k) for k in keys])
+    short = Frame.unpack(before[0]).model
+
+    def prefer_other(t) -> bytes:
+        from llmfs.model import model_id
+        t.put_model(model_id(other)[:8], other)
+        t.set_encode_models([model_id(other)[:8], short])
+        return model_id(other)[:8]
+    first = s.write(prefer_other)
+    s.close()
+    up = llmfs("compact", str(store), "--upgrade", "--workers", "1")
+    assert "tried 2 zstd/LZMA/PPMd and older llm blocks" in up.stdout, up.stdout + up.stderr
+    s = Store(store, readonly=True)
+    after = s.read(lambda t: [t.frame(k) for k in keys])
+    s.close()
+    for old, new in zip(before, after):     # the smaller of the two models' frames
+        assert len(new) <= len(old)
+        assert Frame.unpack(new).model in (first, short)
+    assert BlockCodec(model).decode_blocks(before) == \
+        BlockCodec.from_model_files([other, model.data]).decode_blocks(after)
+    again = llmfs("compact", str(store), "--upgrade")
+    assert "tried 0 zstd/LZMA/PPMd and older llm blocks" in again.stdout, again.stdout

@@ -221,6 +221,34 @@ def test_pool_gives_up_on_a_batch_that_kills_its_workers_then_works():
         pool.close()
 
 
+def test_aborting_a_pool_while_a_batch_starts_its_workers_never_hangs():
+    """An unmount aborts the compactor's pool at any moment, also while a batch
+    is still spawning the workers: close(abort=True) must return promptly and
+    leave no worker behind, wherever in start-up it finds them."""
+    data = read_model_file(DEFAULT_MODEL)
+    for delay in (0.0, 0.2, 1.0, 3.0):
+        pool = LLMPool(ModelFile(data), 2)
+        errors: list[BaseException] = []
+
+        def encode() -> None:
+            try:
+                pool.encode_many([(SAMPLE[:3000], 8.0)] * 4)
+            except BaseException as e:          # the abort fails the batch, as intended
+                errors.append(e)
+        t = threading.Thread(target=encode)
+        t.start()
+        time.sleep(delay)
+        procs = list((pool._ex._processes or {}).values())
+        t0 = time.monotonic()
+        pool.close(abort=True)
+        assert time.monotonic() - t0 < 20, delay
+        t.join(30)
+        assert not t.is_alive(), delay
+        for p in procs:                         # gone within seconds, even on a busy machine
+            p.join(10)
+        assert not any(p.is_alive() for p in procs), delay
+
+
 def test_a_decoder_failure_is_eio_naming_inode_and_offset(tmp_path, caplog):
     Store.create(tmp_path / "s", BS, {}).close()
     ops = LLMFS(str(tmp_path / "s"), Config(compact=False))

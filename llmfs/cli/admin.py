@@ -54,8 +54,9 @@ def _human(n: float) -> str:
 @click.option("--retry", is_flag=True,
               help="Also try blocks these models already failed to shrink.")
 @click.option("--upgrade", is_flag=True,
-              help="Also re-code llm blocks written in an older frame format (each is "
-                   "decoded first, so this takes about three times as long per block).")
+              help="Also re-code llm blocks written in an older frame format or by another "
+                   "model than the preferred one (each is decoded first, so this takes about "
+                   "three times as long per block).")
 @config_opt
 def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
             batch: int | None, retry: bool, upgrade: bool, config_path: str | None) -> None:
@@ -87,8 +88,9 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         totals: dict[str, int] = {}
         t0 = time.monotonic()
         with BlockCodec.from_model_files(files, workers, encoders) as codec:
+            first = codec.encoders[0] if codec.encoders else None
             keys = s.read(lambda t: [k for k, f in t.scan("blocks")
-                                     if wanted(Frame.unpack(f), upgrade)])
+                                     if wanted(Frame.unpack(f), upgrade, first)])
             tag = codec.encoder_tag
             tried = set() if retry else s.read(
                 lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})
@@ -154,7 +156,13 @@ def stats(target: str, as_json: bool, config_path: str | None) -> None:
         click.echo(f"{name:6} {row.blocks:8d} {_human(row.logical):>12} "
                    f"{_human(row.stored):>12} {row.bpb:7.3f}")
     for m, n in st.models.items():
-        click.echo(f"model {m}: {n} llm blocks")
+        click.echo(f"model {m}: {n} llm blocks; {st.model_about.get(m, '?')}")
+    if st.learn_last:
+        ll = st.learn_last
+        click.echo(f"store learning: last run {ll.get('trained_at')}: model {ll.get('model')} "
+                   f"{ll.get('held_bpb')} bpb vs {ll.get('rival_bpb')} on held-back data, "
+                   f"{'registered' if ll.get('registered') else 'not registered'}; "
+                   f"{_human(st.learn_pending_bytes)} compacted since")
     if st.damaged_frames:
         click.echo(f"damaged frames: {st.damaged_frames} (run llmfs fsck)")
     if live:

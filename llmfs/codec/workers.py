@@ -58,6 +58,14 @@ def _decode(items: list[Coded]) -> list[list[int] | None]:
     return _codec.decode_many(items)
 
 
+def _terminate(ex: ProcessPoolExecutor) -> list:
+    """SIGTERM every worker process of *ex* now; returns them."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    return procs
+
+
 class LLMPool:
     """Same interface as LLMCodec.encode / decode_many, spread over processes."""
 
@@ -138,7 +146,18 @@ class LLMPool:
         with self._lock:
             self._closed = True
             ex = self._ex
-        if abort:   # ProcessPoolExecutor has no public way to stop running work before 3.14
-            for p in list(getattr(ex, "_processes", {}).values()):
-                p.terminate()
-        ex.shutdown(wait=True, cancel_futures=abort)
+        if not abort:
+            ex.shutdown(wait=True)
+            return
+        # ProcessPoolExecutor has no public way to stop running work before 3.14.  Never
+        # wait on the executor here: a worker spawned by a batch racing this call can sit
+        # in its start-up for good, and an unmount must not hang on it (seen once: the
+        # daemon stopped while the compactor started a pool for a newly learnt model).
+        procs = _terminate(ex)
+        ex.shutdown(wait=False, cancel_futures=True)
+        procs += _terminate(ex)       # any the racing batch started meanwhile
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)

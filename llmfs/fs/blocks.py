@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ..codec.frame import Codec, FrameError
+from ..codec.frame import Codec, Frame, FrameError
 from ..codec.plain import decode_plain, frame_codec
 from ..store import Store
 from .cache import BlockCache
@@ -37,13 +37,21 @@ class BlockReader:
         self.cache = cache
         self.workers = workers
         self._llm = None   # BlockCodec, made on the first llm frame
+        self._retired: list = []   # decoders replaced since (closed with this reader)
         self._lock = threading.Lock()
         self._inflight: dict[bytes, Future] = {}
         self.stats: Counter[str] = Counter()
         self._background = ThreadPoolExecutor(1, thread_name_prefix="llmfs-readahead")
 
-    def _llm_codec(self):
+    def _llm_codec(self, frames: list[bytes]):
+        """The decoder, (re)made when a frame needs a model it lacks: the
+        daemon's store learning may register one while the store is mounted."""
+        need = {Frame.unpack(f).model for f in frames}
         with self._lock:
+            if self._llm is not None and not need <= set(self._llm.llm):
+                self._retired.append(self._llm)   # another thread may be decoding with it
+                self._llm = None
+                self.stats["llm_model_reloads"] += 1
             if self._llm is None:
                 from ..codec.policy import BlockCodec   # imports torch
                 models = list(self.store.read(lambda t: t.models()).values())
@@ -97,7 +105,8 @@ class BlockReader:
                 out[k] = decode_plain(frames[k])
             if llm:
                 t0 = time.perf_counter()
-                out.update(zip(llm, self._llm_codec().decode_each([frames[k] for k in llm])))
+                todo = [frames[k] for k in llm]
+                out.update(zip(llm, self._llm_codec(todo).decode_each(todo)))
                 with self._lock:
                     self.stats["llm_batches"] += 1
                     self.stats["llm_blocks_decoded"] += len(llm)
@@ -122,5 +131,6 @@ class BlockReader:
 
     def close(self) -> None:
         self._background.shutdown(cancel_futures=True)
-        if self._llm is not None:
-            self._llm.close()
+        for codec in [self._llm, *self._retired]:
+            if codec is not None:
+                codec.close()

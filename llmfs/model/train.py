@@ -123,6 +123,45 @@ def save_checkpoint(out: Path, model: Transformer, **info) -> None:
     (out / "config.json").write_text(json.dumps({**model.cfg.to_dict(), **info}, indent=2))
 
 
+def optimizer(model: Transformer, lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                              {"params": other, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def train_step(model: Transformer, opt: torch.optim.Optimizer, rng: np.random.Generator,
+               ids: np.ndarray, step: int, *, steps: int, batch: int, lr: float, warmup: int,
+               extra: np.ndarray | None = None, n_extra: int = 0) -> tuple[torch.Tensor, float]:
+    """Step *step* of *steps* (cosine decay after *warmup*) on random windows
+    of *ids* (*n_extra* rows of each batch from *extra*); (loss, learning rate)."""
+    dev = next(model.parameters()).device
+    seq = model.cfg.window
+    rate = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    for g in opt.param_groups:
+        g["lr"] = rate
+    starts = rng.integers(0, len(ids) - seq - 1, batch - n_extra)
+    rows = [ids[s:s + seq + 1] for s in starts]
+    if n_extra:
+        rows += [extra[s:s + seq + 1] for s in rng.integers(0, len(extra) - seq - 1, n_extra)]
+    x = torch.from_numpy(np.stack(rows).astype(np.int64)).to(dev)
+    loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss, rate
+
+
+def check_enough(model: Transformer, *streams: np.ndarray) -> None:
+    for stream in streams:
+        if len(stream) <= model.cfg.window + 1:
+            raise ValueError(f"{len(stream)} tokens: too little text to train on "
+                             f"(need > {model.cfg.window + 1})")
+
+
 def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, lr: float,
                 seed: int = 0, warmup: int = 200, log: Callable[[str], None] | None = None,
                 every: Callable[[int], None] | None = None,
@@ -132,40 +171,19 @@ def train_steps(model: Transformer, ids: np.ndarray, *, steps: int, batch: int, 
     *extra_share* of each batch, of *extra*); returns the last loss.
     *every* is called each 1000 steps and at the end (checkpoints), *progress*
     after each step."""
-    dev = next(model.parameters()).device
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    other = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": other, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
+    opt = optimizer(model, lr)
     seq = model.cfg.window
     if not 0.0 <= extra_share <= 1.0:
         raise ValueError(f"extra share {extra_share}: not between 0 and 1")
     n_extra = round(batch * extra_share) if extra is not None else 0
-    for stream in (ids, extra) if n_extra else (ids,):
-        if len(stream) <= seq + 1:
-            raise ValueError(f"{len(stream)} tokens: too little text to train on "
-                             f"(need > {seq + 1})")
+    check_enough(model, *((ids, extra) if n_extra else (ids,)))
     rng = np.random.default_rng(seed)
     model.train()
     t0 = time.time()
     loss = torch.tensor(float("nan"))
     for step in range(1, steps + 1):
-        rate = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = rate
-        starts = rng.integers(0, len(ids) - seq - 1, batch - n_extra)
-        rows = [ids[s:s + seq + 1] for s in starts]
-        if n_extra:
-            rows += [extra[s:s + seq + 1]
-                     for s in rng.integers(0, len(extra) - seq - 1, n_extra)]
-        chunk = np.stack(rows).astype(np.int64)
-        x = torch.from_numpy(chunk).to(dev)
-        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss, rate = train_step(model, opt, rng, ids, step, steps=steps, batch=batch, lr=lr,
+                                warmup=warmup, extra=extra, n_extra=n_extra)
         if log and (step % 100 == 0 or step == steps):
             el = time.time() - t0
             log(f"step {step} loss {loss.item():.3f} lr {rate:.2e} "
