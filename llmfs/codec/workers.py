@@ -58,12 +58,14 @@ def _decode(items: list[Coded]) -> list[list[int] | None]:
     return _codec.decode_many(items)
 
 
-def _terminate(ex: ProcessPoolExecutor) -> list:
-    """SIGTERM every worker process of *ex* now; returns them."""
-    procs = list((getattr(ex, "_processes", None) or {}).values())
-    for p in procs:
-        p.terminate()
-    return procs
+def _terminate(table: dict, done: list) -> list:
+    """SIGTERM every worker process in *table* (an executor's process table)
+    not in *done*; returns *done* with them."""
+    for p in list(table.values()):
+        if p not in done:
+            p.terminate()
+            done.append(p)
+    return done
 
 
 class LLMPool:
@@ -153,9 +155,10 @@ class LLMPool:
         # wait on the executor here: a worker spawned by a batch racing this call can sit
         # in its start-up for good, and an unmount must not hang on it (seen once: the
         # daemon stopped while the compactor started a pool for a newly learnt model).
-        procs = _terminate(ex)
-        ex.shutdown(wait=False, cancel_futures=True)
-        procs += _terminate(ex)       # any the racing batch started meanwhile
+        table = getattr(ex, "_processes", None) or {}   # shutdown drops the executor's reference
+        procs = _terminate(table, [])
+        ex.shutdown(wait=False, cancel_futures=True)     # waits for a submit spawning workers
+        procs = _terminate(table, procs)                 # ... so this sees what it spawned
         for p in procs:
             p.join(5)
             if p.is_alive():
