@@ -264,15 +264,8 @@ static void scores_avx2(const int8_t *q, const int8_t *kp, int hd, int W, int n,
         _mm256_storeu_si256((__m256i *)(z + s + 16), a2);
         _mm256_storeu_si256((__m256i *)(z + s + 24), a3);
     }
-    for (; s < n; s++) {
-        int32_t acc = 0;
-        for (int c2 = 0; c2 < H2; c2++) {
-            int32_t qp = qpair(q, c2, hd);
-            const int8_t *k = kp + ((size_t)c2 * W + s) * 2;
-            acc += (int16_t)(qp & 0xFFFF) * k[0] + (qp >> 16) * k[1];
-        }
-        z[s] = acc;
-    }
+    if (s < n)   /* the last slots: the portable loop from slot s on (same sums) */
+        scores_portable(q, kp + (size_t)s * 2, hd, W, n - s, z + s);
 }
 
 __attribute__((target("avx2")))
@@ -294,15 +287,8 @@ static void scores16_avx2(const int16_t *q, const int16_t *kp, int hd, int W, in
         _mm256_storeu_si256((__m256i *)(z + s + 16), a2);
         _mm256_storeu_si256((__m256i *)(z + s + 24), a3);
     }
-    for (; s < n; s++) {
-        int32_t acc = 0;
-        for (int c2 = 0; c2 < H2; c2++) {
-            int32_t qp = pair16(q, c2, hd);
-            const int16_t *k = kp + ((size_t)c2 * W + s) * 2;
-            acc += (int16_t)(qp & 0xFFFF) * k[0] + (qp >> 16) * k[1];
-        }
-        z[s] = acc;
-    }
+    if (s < n)   /* the last slots: the portable loop from slot s on (same sums) */
+        scores16_portable(q, kp + (size_t)s * 2, hd, W, n - s, z + s);
 }
 
 __attribute__((target("avx2")))
