@@ -63,12 +63,13 @@ def timed(cmd: str) -> float:
     return time.perf_counter() - t
 
 
-def llmfs_store(tree: Path, work: Path) -> dict:
+def llmfs_store(tree: Path, work: Path, block_size: int) -> dict:
     """Import, compact, fsck; sizes of the frames and of a compacted copy of the LMDB file."""
     import lmdb
 
     store = work / "store"
-    subprocess.run([*LLMFS, "mkfs", str(store)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*LLMFS, "mkfs", str(store), "--block-size", str(block_size)], check=True,
+                   stdout=subprocess.DEVNULL)
     t = time.perf_counter()
     subprocess.run([*LLMFS, "import", str(tree), str(store)], check=True,
                    stdout=subprocess.DEVNULL)
@@ -79,20 +80,16 @@ def llmfs_store(tree: Path, work: Path) -> dict:
     t_compact = time.perf_counter() - t
     subprocess.run([*LLMFS, "fsck", str(store), "--scrub"], check=True,
                    stdout=subprocess.DEVNULL)
-    st = json.loads(subprocess.run([*LLMFS, "stats", str(store), "--json"], check=True,
-                                   capture_output=True, text=True).stdout)
     copy = work / "store-copy"
     copy.mkdir()
     env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=32)
     env.copy(str(copy), compact=True)
     env.close()
-    env = lmdb.open(str(copy), readonly=True, lock=False, max_dbs=32)
-    with env.begin() as t:
-        s = t.stat(env.open_db(b"models", txn=t, create=False))
-    env.close()
-    models = (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
+    st = json.loads(subprocess.run([*LLMFS, "stats", str(copy), "--json"], check=True,
+                                   capture_output=True, text=True).stdout)
     return {"frames": st["stored_bytes"], "lmdb": (copy / "data.mdb").stat().st_size,
-            "models": models,
+            "models": st["space"]["models"], "space": st["space"], "packs": st["packs"],
+            "packed": st["packed_frames"],
             "import_s": t_import, "compact_s": t_compact, "summary": out,
             "codecs": st["codecs"]}
 
@@ -103,6 +100,8 @@ def main() -> None:
                     help="bytes taken from the start of each corpus file (0: all)")
     ap.add_argument("--src-bytes", type=size_arg, default=1 << 20,
                     help="bytes of C headers from /usr/include/linux")
+    ap.add_argument("--block-size", type=size_arg, default=64 << 10,
+                    help="the llmfs store's block size")
     ap.add_argument("--dir", type=Path, default=ROOT / "build" / "bench_archive")
     args = ap.parse_args()
     if not shutil.which("mksquashfs"):
@@ -120,7 +119,7 @@ def main() -> None:
         out = args.dir / f"tree.tar.{ext}"
         dt = timed(f"tar -C {tree} -cf - . | {cmd} > {out}")
         rows.append((name, out.stat().st_size, dt, ""))
-    r = llmfs_store(tree, args.dir)
+    r = llmfs_store(tree, args.dir, args.block_size)
     rows.append(("llmfs frames (blocks only)", r["frames"], r["compact_s"],
                  f"compaction {total / r['compact_s'] / 1e3:.1f} KB/s"))
     rows.append(("llmfs store (LMDB, compacted copy)", r["lmdb"], r["import_s"] + r["compact_s"],
@@ -131,7 +130,8 @@ def main() -> None:
     squash = rows[0][1]
     print(f"\ntree: {files} files, {total:,} bytes (corpus files: first "
           f"{args.per_file or 'all'} bytes each; {args.src_bytes:,} bytes of C headers; "
-          f"{len(BINARIES)} ELF binaries); 64 KiB blocks; {os.cpu_count()} cores\n")
+          f"{len(BINARIES)} ELF binaries); {args.block_size >> 10} KiB blocks; "
+          f"{os.cpu_count()} cores\n")
     print("| archiver | stored bytes | ratio | vs squashfs-xz | time s | note |")
     print("|---|---:|---:|---:|---:|---|")
     for name, size, dt, note in rows:
@@ -141,6 +141,14 @@ def main() -> None:
     for codec, c in sorted(r["codecs"].items()):
         print(f"  {codec}: {c['blocks']} blocks, {c['logical']:,} -> {c['stored']:,} bytes")
     print(f"  {r['summary']}")
+    sp = r["space"]
+    print(f"\nwhere the store's bytes go (`llmfs stats`, compacted copy; {r['packed']} of "
+          f"{sum(c['blocks'] for c in r['codecs'].values())} frames in {r['packs']} packs):\n")
+    print("| part | bytes | vs frames |")
+    print("|---|---:|---:|")
+    for part in ("frames", "pack_slack", "page_slack", "metadata", "models", "dictionaries",
+                 "free", "file"):
+        print(f"| {part.replace('_', ' ')} | {sp[part]:,} | {sp[part] / sp['frames']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .codec.frame import VERSION, Codec, Frame, FrameError
+from .codec.frame import VERSION, Codec, Frame, FrameError, Head
 from .codec.plain import decode_plain, frame_codec
 from .codec.policy import BlockCodec, encoder_tag
 from .config import Config
+from .dictionaries import Sampler
 from .learner import Learner
 from .model import model_id
 from .store import Store, Txn
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 LEARN_SLICE_S = 10.0   # store learning runs this long per compactor round, then paces
 
 
-def outdated_llm(head: Frame, first: bytes | None = None) -> bool:
+def outdated_llm(head: Head, first: bytes | None = None) -> bool:
     """Whether a parsed frame is llm in an older format than encoders write,
     or (given *first*, the preferred encoding model's short id) of another
     model: one the store learnt since may code it smaller."""
@@ -47,7 +48,7 @@ def outdated_llm(head: Frame, first: bytes | None = None) -> bool:
         head.version < VERSION or (first is not None and head.model != first))
 
 
-def wanted(head: Frame, upgrade: bool, first: bytes | None = None) -> bool:
+def wanted(head: Head, upgrade: bool, first: bytes | None = None) -> bool:
     """Whether compaction re-codes a block with this parsed frame: any but
     raw and llm (a fallback frame is tried again when the encoding models
     change), and with *upgrade* llm of an older format or another model than
@@ -57,19 +58,24 @@ def wanted(head: Frame, upgrade: bool, first: bytes | None = None) -> bool:
 
 def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
                lock: threading.RLock | None = None, upgrade: bool = False,
-               seen: Callable[[list[bytes]], None] | None = None) -> Counter[str]:
+               seen: Callable[[list[bytes]], None] | None = None,
+               lost: Callable[[dict[bytes, bytes]], None] | None = None,
+               tag: bytes | None = None) -> Counter[str]:
     """Try to store blocks *keys* as llm frames; returns counts of what happened.
     *lock* is held around the swap transaction (the daemon's state mutex).
     llm blocks are skipped, except with *upgrade* those of an older format,
     which are decoded and coded again.  *seen* gets the bytes of the blocks
-    tried (the store learner's sample)."""
+    tried (the store learner's sample), *lost* those (by key) the model did
+    not win (the dictionary's sample).  Blocks no encoding shrank are marked
+    with *tag* (default: the codec's encoding models)."""
+    tag = codec.encoder_tag if tag is None else tag
     stats: Counter[str] = Counter()
     first = codec.encoders[0] if codec.encoders else None
     frames = store.read(lambda t: {k: t.frame(k) for k in keys})
     raws: dict[bytes, bytes | FrameError] = {}
     old_llm: list[bytes] = []
     for k, f in frames.items():
-        head = None if f is None else Frame.unpack(f)
+        head = None if f is None else Frame.unpack(f).head
         if head is None:
             stats["gone"] += 1         # deleted or overwritten before the round read it
         elif head.codec == Codec.LLM and not wanted(head, upgrade, first):
@@ -85,7 +91,9 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
     order = list(raws)
     if seen is not None:
         seen([raws[k] for k in order])
-    new = dict(zip(order, codec.encode_blocks([raws[k] for k in order])))
+    new = dict(zip(order, codec.encode_blocks([raws[k] for k in order], store.dictionary)))
+    if lost is not None:
+        lost({k: raws[k] for k in order if frame_codec(new[k]) != Codec.LLM})
 
     def swap(t: Txn) -> None:
         for k in order:
@@ -95,24 +103,33 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
             elif len(new[k]) < len(old):
                 t.replace_frame(k, new[k])
                 stats["saved_bytes"] += len(old) - len(new[k])
-                head = Frame.unpack(new[k])
+                head = Frame.unpack(new[k]).head
                 if outdated_llm(head, first):   # the model alone or an older model won:
                     # upgrading would code it so again
-                    t.mark_tried(k, codec.encoder_tag)
+                    t.mark_tried(k, tag)
                 if frame_codec(old) == Codec.LLM:
                     stats["upgraded"] += 1
                 elif head.codec == Codec.LLM:
                     stats["llm"] += 1
                 else:      # the model lost, but a fallback beat the fast write level
                     stats["fallback"] += 1
-                    t.mark_tried(k, codec.encoder_tag)
+                    t.mark_tried(k, tag)
             else:
-                t.mark_tried(k, codec.encoder_tag)   # not again with these models
+                t.mark_tried(k, tag)   # not again with these models
                 stats["kept"] += 1
     with lock or contextlib.nullcontext():
         store.write(swap)
     stats["verify_failures"] = codec.counters["verify_failures"]
     return stats
+
+
+def recompress_plain(store: Store, keys: list[bytes], tag: bytes,
+                     lock: threading.RLock | None = None) -> Counter[str]:
+    """Code blocks *keys* again without the model (zstd with the store's new
+    dictionary, LZMA, PPMd), keeping a frame only if smaller; blocks stay
+    marked with *tag*, the encoding models that already lost on them."""
+    with BlockCodec(None) as plain:
+        return recompress(store, plain, keys, lock, tag=tag)
 
 
 def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes,
@@ -128,8 +145,8 @@ def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes
         if key == after:
             continue
         if unpack_ref(ref)[1] < older_than_ns and ref_tried(ref) != tag:
-            frame = t.frame(key)
-            if frame is not None and wanted(Frame.unpack(frame), upgrade, first):
+            head = t.frame_head(key)
+            if head is not None and wanted(head, upgrade, first):
                 out.append(key)
                 if len(out) >= limit:
                     return out, pos
@@ -153,6 +170,7 @@ class Compactor:
         self._stop = threading.Event()
         self._codec: BlockCodec | None = None
         self.learner = Learner(store, config, self._stop, lock) if config.learn else None
+        self.sampler = Sampler(store)
         self._thread = threading.Thread(target=self._loop, name="llmfs-compactor", daemon=True)
 
     def _models(self, model_files: list[bytes], encoders: int) -> None:
@@ -192,12 +210,37 @@ class Compactor:
                     return
                 log.exception("compactor round failed; trying again later")
 
+    def pack(self, flush: bool = False) -> None:
+        """Pack the loose frames compaction is done with and rewrite a mostly
+        dead pack (one short transaction: copying, no coding)."""
+        with self.lock:
+            moved, packed = self.store.write(lambda t: (
+                t.repack_sparse(), t.pack_loose(self.config.pack_kib << 10, flush=flush)))
+        self.stats["compact_repacked"] += moved
+        self.stats["compact_packed"] += packed
+
+    def _seen(self, raws: list[bytes]) -> None:
+        if self.learner is not None:
+            self.learner.offer(raws)
+
+    def dictionary(self) -> None:
+        """Train a store dictionary on the small blocks the model lost on; if
+        it pays, code those again with it (fresh writes use it from now on)."""
+        keys = self.sampler.train()
+        if keys:
+            self.stats["compact_dictionary_blocks"] += recompress_plain(
+                self.store, keys, self.tag, self.lock)["fallback"]
+            self.stats["dictionaries"] += 1
+
     def round(self) -> bool:
         """One batch; False when there was nothing to do or it should pause."""
         if self.busy():
             self.stats["compact_yields"] += 1
             return False
         share = self.config.compact_cpu_share
+        self.pack()
+        if self.sampler.due():
+            self.dictionary()
         if self.learner is not None and self.learner.due():   # a slice of store learning
             t0 = time.monotonic()
             self.stats["compact_busy"] = 1
@@ -230,8 +273,8 @@ class Compactor:
         t0 = time.monotonic()
         self.stats["compact_busy"] = 1
         try:
-            counts = recompress(self.store, self._codec, keys, self.lock, upgrade,
-                                self.learner.offer if self.learner is not None else None)
+            counts = recompress(self.store, self._codec, keys, self.lock, upgrade, self._seen,
+                                self.sampler.offer)
         finally:
             self.stats["compact_busy"] = 0
         spent = time.monotonic() - t0

@@ -3,8 +3,9 @@
 Checks, in one read transaction: directory entries point at inodes; every
 inode is reachable (or a recorded orphan); link counts; file block maps point
 at stored blocks; refcounts equal the references; no unreferenced blocks;
-every frame header parses (its own checksum).  ``scrub`` also decodes every
-block and checks the checksum of its raw bytes.  ``repair`` then fixes what
+every frame header parses (its own checksum); packed frames are where their
+index says and each pack's fill record counts what lives in it.  ``scrub``
+also decodes every block and checks the checksum of its raw bytes.  ``repair`` then fixes what
 can be fixed in one write transaction: refcounts, link counts, unreferenced
 blocks; a missing or undecodable block becomes a hole (reported as lost
 data); unreachable inodes are linked into ``/lost+found``.
@@ -45,6 +46,7 @@ class _Scan:
     bad_frames: dict[bytes, str]
     bad_inodes: list[int]             # records whose seal does not match
     bad_entries: list[tuple[int, bytes]]
+    pack_problems: list[str]
 
 
 def _scan(t: Txn) -> _Scan:
@@ -63,14 +65,35 @@ def _scan(t: Txn) -> _Scan:
     fmap = list(t.all_block_maps())
     refs = {k: unpack_ref(v) for k, v in t.scan("refs")}
     frames, bad = {}, {}
-    for k, f in t.scan("blocks"):
+    for k, f in t.all_frames():
+        if f is None:
+            bad[k] = "its pack or pack index record is damaged"
+            continue
         try:
             Frame.unpack(f)
             frames[k] = len(f)
         except FrameError as e:
             bad[k] = str(e)
     return _Scan(inodes, entries, {o[0] for o in t.orphans()}, fmap, refs, frames, bad,
-                 bad_inodes, bad_entries)
+                 bad_inodes, bad_entries, _pack_problems(t))
+
+
+def _pack_problems(t: Txn) -> list[str]:
+    """Packs whose fill record does not count what lives in them."""
+    out = []
+    census = t.pack_census()
+    for pack, fill in census.items():
+        if fill.live_frames == 0:
+            out.append(f"pack {pack}: no live frame left in it")
+        elif t.fill(pack) is None:
+            out.append(f"pack {pack}: fill record missing or damaged")
+        elif (t.fill(pack).live_bytes, t.fill(pack).live_frames) != \
+                (fill.live_bytes, fill.live_frames):
+            out.append(f"pack {pack}: fill record counts {t.fill(pack).live_frames} frames, "
+                       f"{fill.live_frames} live")
+    out += [f"pack {p}: fill record of a missing pack" for p, _ in t.pack_fills()
+            if p not in census]
+    return out
 
 
 def check(store: Store, repair: bool = False, scrub: bool = False,
@@ -84,6 +107,10 @@ def check(store: Store, repair: bool = False, scrub: bool = False,
     for k, why in bad.items():
         rep.add(f"block {k.hex()[:16]}: damaged frame ({why})")
     damaged_models = store.read(lambda t: t.damaged_models())
+    for text in sc.pack_problems:
+        rep.add(text)
+    for d in store.read(lambda t: t.damaged_dictionaries()):
+        rep.add(f"dictionary {d.hex()}: damaged record; its blocks read as EIO")
     for m in damaged_models:
         rep.add(f"model {m.hex()}: damaged record"
                 + (" (a shipped model: --repair restores it)" if _shipped(m) else
@@ -257,6 +284,7 @@ def _repair(t: Txn, sc: _Scan, rep: Report, dangling, unreachable, nlink_fix, mi
         else:
             t.drop_block(key)
         rep.repaired += 1
+    rep.repaired += t.recount_packs()
     per_file: Counter[int] = Counter(ino_of(k[:8]) for k, _ in t.scan("fmap"))
     for i in sc.inodes:
         inode = t.inode(i)

@@ -85,8 +85,8 @@ def import_tree(store: Store, src: Path, level: int = 1,
                     chunk.append(data)
                 if not chunk:
                     break
-                frames = [(block_key(d), fast_frame(d, level)) if d.strip(b"\0") else None
-                          for d in chunk]
+                frames = [(block_key(d), fast_frame(d, level, store.dictionary))
+                          if d.strip(b"\0") else None for d in chunk]
                 store.write(lambda t, i=index, c=chunk, fr=frames: _put_blocks(t, ino, i, c, fr))
                 progress(sum(map(len, chunk)))
                 index += len(chunk)

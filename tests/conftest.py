@@ -118,7 +118,7 @@ def recode_as_match_frames(store: Path, model: LanguageModel,
     from llmfs.codec.frame import MATCH
 
     s = Store(store)
-    keys = s.read(lambda t: [k for k, _ in t.scan("blocks")])
+    keys = s.read(lambda t: [k for k, _ in t.all_frames()])
     raws = BlockCodec(model).decode_blocks(s.read(lambda t: [t.frame(k) for k in keys]))
     with monkeypatch.context() as patch:
         patch.setattr(llm, "VERSION", MATCH)

@@ -42,8 +42,8 @@ def test_stats_equal_store_contents_and_compact(tmp_path):
         assert r.returncode == 0, r.stderr
         st = json.loads(r.stdout)
         s = Store(m.store, readonly=True)
-        frames = s.read(lambda t: [Frame.unpack(f) for _, f in t.scan("blocks")])
-        sizes = s.read(lambda t: sum(len(f) for _, f in t.scan("blocks")))
+        frames = s.read(lambda t: [Frame.unpack(f) for _, f in t.all_frames()])
+        sizes = s.read(lambda t: sum(len(f) for _, f in t.all_frames()))
         s.close()
         assert st["files"] == 3 and st["directories"] == 2
         assert st["logical_bytes"] == 2 * 20_000 + (1 << 20) + 3
@@ -164,7 +164,7 @@ def test_compact_upgrade_recodes_llm_blocks_of_a_model_no_longer_preferred(tmp_p
     assert "2 now llm" in llmfs("compact", str(store), "--workers", "1").stdout
     other = read_model_file(MODELS_DIR / "technical" / "model.safetensors")
     s = Store(store)
-    keys = s.read(lambda t: [k for k, _ in t.scan("blocks")])
+    keys = s.read(lambda t: [k for k, _ in t.all_frames()])
     before = s.read(lambda t: [t.frame(k) for k in keys])
     short = Frame.unpack(before[0]).model
 
@@ -187,3 +187,39 @@ def test_compact_upgrade_recodes_llm_blocks_of_a_model_no_longer_preferred(tmp_p
         BlockCodec.from_model_files([other, model.data]).decode_blocks(after)
     again = llmfs("compact", str(store), "--upgrade")
     assert "tried 0 zstd/LZMA/PPMd and older llm blocks" in again.stdout, again.stdout
+
+
+def test_stats_of_paths_in_a_mount_count_shared_blocks_once_and_watch_streams(tmp_path):
+    m = Mounted(tmp_path, options="compact=false")
+    m.mkfs("--block-size", "4096")
+    m.start()
+    try:
+        os.makedirs(m.path("a", "sub"))
+        m.path("a", "one").write_bytes(SAMPLE[:10_000])             # 3 blocks
+        m.path("a", "sub", "two").write_bytes(SAMPLE[:8192])        # the same 2 blocks
+        m.path("b").write_bytes(os.urandom(5000))                   # 2 raw blocks
+        os.sync()
+        got = json.loads(llmfs("stats", "--json", str(m.path("a"))).stdout)
+        assert (got["files"], got["directories"], got["blocks"], got["unique_blocks"]) == \
+            (2, 2, 5, 3)
+        assert got["logical_bytes"] == 18_192 and got["codecs"]["zstd"]["blocks"] == 3
+        both = json.loads(llmfs("stats", "--json", str(m.path("a", "one")), str(m.path("b")),
+                                str(m.path("a"))).stdout)
+        assert (both["files"], both["unique_blocks"]) == (3, 5)
+        assert both["codecs"]["raw"]["stored"] > 5000 and both["stored_bytes"] == sum(
+            c["stored"] for c in both["codecs"].values())
+        text = llmfs("stats", str(m.path("b")))
+        assert text.returncode == 0 and "1 files" in text.stdout and "raw" in text.stdout
+        r = llmfs("stats", str(tmp_path))                            # not in a mount
+        assert r.returncode == 1 and "not in an llmfs mount" in r.stderr
+        watch = subprocess.Popen([sys.executable, "-m", "llmfs.cli", "stats", "--watch",
+                                  "--interval", "0.2", str(m.mnt)], stdout=subprocess.PIPE,
+                                 text=True)
+        try:
+            lines = [json.loads(watch.stdout.readline()) for _ in range(3)]
+        finally:
+            watch.kill()
+            watch.wait()
+        assert all(d["open_files"] == 0 and d["compact_backlog"] == 5 for d in lines)
+    finally:
+        m.stop()

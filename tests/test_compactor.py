@@ -77,7 +77,7 @@ def test_daemon_compacts_cold_blocks(tmp_path):
     finally:
         m.stop()
     s = Store(m.store)
-    codecs = s.read(lambda t: [frame_codec(f) for _, f in t.scan("blocks")])
+    codecs = s.read(lambda t: [frame_codec(f) for _, f in t.all_frames()])
     cursor = s.read(lambda t: t.meta("compact_cursor"))
     s.close()
     assert codecs.count(Codec.LLM) >= 4 and cursor is not None
@@ -123,7 +123,7 @@ def test_unmount_mid_round_abandons_it_and_loses_nothing(tmp_path):
         m.stop()
     assert "compactor round abandoned" in m.log.read_text()
     s = Store(m.store)
-    codecs = s.read(lambda t: [frame_codec(f) for _, f in t.scan("blocks")])
+    codecs = s.read(lambda t: [frame_codec(f) for _, f in t.all_frames()])
     s.close()
     assert codecs.count(Codec.LLM) == 0                     # the round's swap never ran
     fsck_clean(m.store)
@@ -142,7 +142,7 @@ def test_compaction_resumes_after_restart_without_redoing_blocks(tmp_path):
         m.stop()
     s = Store(m.store)
     refs = dict(s.read(lambda t: list(t.scan("refs"))))
-    codecs = dict(s.read(lambda t: [(k, frame_codec(f)) for k, f in t.scan("blocks")]))
+    codecs = dict(s.read(lambda t: [(k, frame_codec(f)) for k, f in t.all_frames()]))
     done = sum(1 for k, c in codecs.items() if c == Codec.LLM or ref_tried(refs[k]))
     s.close()
     assert 2 <= done < 8

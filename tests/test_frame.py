@@ -14,7 +14,8 @@ from llmfs.codec.policy import BlockCodec
        st.binary(min_size=8, max_size=8), st.integers(0, 1000), st.sampled_from(READS))
 def test_pack_unpack(codec, payload, model, n, version):
     f = Frame(codec, 1000, checksum(payload), payload,
-              model if codec == Codec.LLM else b"", n if codec == Codec.LLM else 0, version)
+              model if codec in (Codec.LLM, Codec.ZDICT) else b"",
+              n if codec == Codec.LLM else 0, version)
     assert Frame.unpack(f.pack()) == f
 
 

@@ -96,7 +96,7 @@ def test_daemon_trains_registers_and_uses_a_store_model_and_resumes_after_a_stop
             s = Store(m.store, readonly=True)
             try:
                 return any(Frame.unpack(f).codec == Codec.LLM and Frame.unpack(f).model == enc[0]
-                           for _, f in s.read(lambda t: list(t.scan("blocks"))))
+                           for _, f in s.read(lambda t: list(t.all_frames())))
             finally:
                 s.close()
         wait_for(used_new, timeout=300)

@@ -98,7 +98,7 @@ def test_train_store_registers_model_and_compactor_uses_it(tmp_path):
     r = llmfs("compact", str(store), "--limit", "3")
     assert r.returncode == 0, r.stderr
     s = Store(store, readonly=True)
-    used = [Frame.unpack(f).model for _, f in s.read(lambda t: list(t.scan("blocks")))
+    used = [Frame.unpack(f).model for _, f in s.read(lambda t: list(t.all_frames()))
             if Frame.unpack(f).codec == Codec.LLM]
     s.close()
     assert used and enc[0] in used                    # log blocks went to the trained model

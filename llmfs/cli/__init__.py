@@ -19,6 +19,6 @@ def main(verbose: bool, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-from . import admin, codec, fs, train  # noqa: E402  (register the commands)
+from . import admin, codec, fs, stats, train  # noqa: E402  (register the commands)
 
-__all__ = ["main", "admin", "codec", "fs", "train"]
+__all__ = ["main", "admin", "codec", "fs", "stats", "train"]

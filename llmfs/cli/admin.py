@@ -1,8 +1,7 @@
-"""``llmfs compact / stats``: looking after a store."""
+"""``llmfs compact / fsck / import / export``: looking after a store."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -65,12 +64,14 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     and decoded back to the same bytes."""
     from tqdm import tqdm
 
-    from ..codec.frame import Frame
     from ..codec.policy import BlockCodec
-    from ..compactor import recompress, wanted
+    from ..compactor import recompress, recompress_plain, wanted
+    from ..dictionaries import Sampler
     from ..store.schema import ref_tried
 
-    batch = batch or _config(config_path).compact_batch
+    config = _config(config_path)
+    batch = batch or config.compact_batch
+    pack = config.pack_kib << 10
     with _exclusive(store) as s:
         files, encoders = s.read(lambda t: t.codec_models())
         if model_hex is not None:   # this one model encodes
@@ -87,10 +88,11 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                                        f"(the store holds: {len(files)} models)")
         totals: dict[str, int] = {}
         t0 = time.monotonic()
+        sampler = Sampler(s)   # small blocks the model loses on, for a store dictionary
         with BlockCodec.from_model_files(files, workers, encoders) as codec:
             first = codec.encoders[0] if codec.encoders else None
-            keys = s.read(lambda t: [k for k, f in t.scan("blocks")
-                                     if wanted(Frame.unpack(f), upgrade, first)])
+            keys = s.read(lambda t: [k for k, h, _ in t.frame_index()
+                                     if h is not None and wanted(h, upgrade, first)])
             tag = codec.encoder_tag
             tried = set() if retry else s.read(
                 lambda t: {k for k, r in t.scan("refs") if ref_tried(r) == tag})
@@ -101,9 +103,18 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                       disable=not os.isatty(2)) as bar:
                 for i in range(0, len(keys), batch):
                     part = keys[i:i + batch]
-                    for k, v in recompress(s, codec, part, upgrade=upgrade).items():
+                    for k, v in recompress(s, codec, part, upgrade=upgrade,
+                                           lost=sampler.offer).items():
                         totals[k] = totals.get(k, 0) + v
+                    fit = sampler.train() if sampler.due() else []
+                    if fit:
+                        totals["dictionary"] = recompress_plain(
+                            s, fit, codec.encoder_tag)["fallback"]
+                    s.write(lambda t: t.pack_loose(pack))
                     bar.update(len(part))
+        # what is left of the finished blocks goes into one last pack
+        s.write(lambda t: (t.repack_sparse(most=1 << 30),
+                           t.pack_loose(pack, flush=True, most=1 << 30)))
         dt = time.monotonic() - t0
     kinds = "zstd/LZMA/PPMd and older llm" if upgrade else "zstd/LZMA/PPMd"
     click.echo(f"{store}: tried {len(keys)} {kinds} blocks in {dt:.0f} s; "
@@ -111,62 +122,12 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                + (f"{totals.get('upgraded', 0)} llm re-coded smaller, " if upgrade else "")
                + f"{totals.get('kept', 0)} kept as they were; "
                f"saved {_human(totals.get('saved_bytes', 0))}"
+               + (f"; a store dictionary re-coded {totals['dictionary']} small blocks"
+                  if "dictionary" in totals else "")
                + (f"; {skipped} skipped (already tried with these models; --retry)"
                   if skipped else "")
                + (f"; {totals['verify_failures']} llm verify failures"
                   if totals.get("verify_failures") else ""))
-
-
-@main.command()
-@click.argument("target", type=click.Path(exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@config_opt
-def stats(target: str, as_json: bool, config_path: str | None) -> None:
-    """What a store holds (TARGET: a store directory, or the mount point of a
-    running daemon, which adds its live counters)."""
-    _config(config_path)   # the same --config as every command; no key changes stats
-    from ..stats import collect
-
-    live = None
-    store = target
-    if os.path.ismount(target):
-        from ..fs.mounts import mounted_store
-
-        store = mounted_store(target)
-        if store is None:
-            raise click.ClickException(f"{target}: not an llmfs mount")
-        live = json.loads(os.getxattr(target, "user.llmfs.stats"))
-    try:
-        s = Store(store, readonly=True)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    try:
-        st = collect(s)
-    finally:
-        s.close()
-    if as_json:
-        click.echo(json.dumps({**st.to_dict(), "live": live}, indent=2, sort_keys=True))
-        return
-    click.echo(f"store {Path(store)}: {st.files} files, {st.directories} directories")
-    click.echo(f"logical {_human(st.logical_bytes)} (holes excluded: {_human(st.mapped_bytes)}), "
-               f"stored {_human(st.stored_bytes)}, ratio {st.ratio:.2f}x, "
-               f"dedup saved {_human(st.dedup_saved_bytes)}")
-    click.echo(f"{'codec':6} {'blocks':>8} {'logical':>12} {'stored':>12} {'bpb':>7}")
-    for name, row in st.codecs.items():
-        click.echo(f"{name:6} {row.blocks:8d} {_human(row.logical):>12} "
-                   f"{_human(row.stored):>12} {row.bpb:7.3f}")
-    for m, n in st.models.items():
-        click.echo(f"model {m}: {n} llm blocks; {st.model_about.get(m, '?')}")
-    if st.learn_last:
-        ll = st.learn_last
-        click.echo(f"store learning: last run {ll.get('trained_at')}: model {ll.get('model')} "
-                   f"{ll.get('held_bpb')} bpb vs {ll.get('rival_bpb')} on held-back data, "
-                   f"{'registered' if ll.get('registered') else 'not registered'}; "
-                   f"{_human(st.learn_pending_bytes)} compacted since")
-    if st.damaged_frames:
-        click.echo(f"damaged frames: {st.damaged_frames} (run llmfs fsck)")
-    if live:
-        click.echo("daemon: " + ", ".join(f"{k} {v}" for k, v in sorted(live.items())))
 
 
 @main.command()

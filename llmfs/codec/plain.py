@@ -12,9 +12,15 @@ knows it from the frame header and never allocates more than the block
 needs.  A PPMd payload (var. I, the `pyppmd` package) is the model order
 and log2 of its memory, one byte each, then the stream; the decoder is told
 the block's length, so no end mark is coded.
+
+A zdict frame is zstd with one of the store's dictionaries (trained on its
+small files, ``llmfs/dictionaries.py``), named by id in the frame header.
+Dictionaries are content-addressed (the first 8 bytes of their blake2b-256),
+so one table per process serves every store it opens.
 """
 from __future__ import annotations
 
+import hashlib
 import lzma
 
 import pyppmd
@@ -23,14 +29,46 @@ import zstandard
 from .frame import Codec, Frame, FrameError, checksum
 
 
-def fast_frame(raw: bytes, level: int = 1) -> bytes:
-    """The write tier: a zstd frame at a fast level, or raw when zstd does not
+SMALL_WRITE = 16 << 10   # fresh writes up to this size also try the store's dictionary
+_DICTIONARIES: dict[bytes, zstandard.ZstdCompressionDict] = {}
+
+
+def dictionary_id(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()[:8]
+
+
+def add_dictionary(data: bytes) -> bytes:
+    """Make a zstd dictionary known to this process; returns its id."""
+    did = dictionary_id(data)
+    if did not in _DICTIONARIES:
+        _DICTIONARIES[did] = zstandard.ZstdCompressionDict(data)
+    return did
+
+
+def zstd_frame(raw: bytes, level: int, dictionary: bytes | None = None,
+               digest: bytes | None = None) -> Frame:
+    """A zstd frame of *raw* at *level*, with the dictionary of id *dictionary*
+    (known to this process) as a zdict frame."""
+    digest = checksum(raw) if digest is None else digest
+    if dictionary is None:
+        return Frame(Codec.ZSTD, len(raw), digest, zstandard.ZstdCompressor(level=level).compress(raw))
+    z = zstandard.ZstdCompressor(level=level, dict_data=_DICTIONARIES[dictionary],
+                                 write_dict_id=False).compress(raw)
+    return Frame(Codec.ZDICT, len(raw), digest, z, dictionary)
+
+
+def fast_frame(raw: bytes, level: int = 1, dictionary: bytes | None = None) -> bytes:
+    """The write tier: a zstd frame at a fast level (a small block also tries
+    the store's *dictionary*, keeping the smaller), or raw when zstd does not
     shrink the block.  The compactor upgrades it later."""
     digest = checksum(raw)
-    z = zstandard.ZstdCompressor(level=level).compress(raw) if raw else b""
-    if raw and len(z) < len(raw):
-        return Frame(Codec.ZSTD, len(raw), digest, z).pack()
-    return Frame(Codec.RAW, len(raw), digest, raw).pack()
+    best = Frame(Codec.RAW, len(raw), digest, raw)
+    if raw:
+        for d in (None, dictionary) if dictionary and len(raw) <= SMALL_WRITE else (None,):
+            z = zstd_frame(raw, level, d, digest)
+            if len(z.payload) < len(best.payload):
+                best = z
+    return best.pack()
 
 
 _LZMA2 = {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}
@@ -86,13 +124,20 @@ def unppmd(f: Frame) -> bytes | None:
 
 
 def plain_bytes(f: Frame) -> bytes | None:
-    """Payload of a raw, zstd, LZMA or PPMd frame (not checksum-verified), or
-    None when it is damaged."""
+    """Payload of a raw, zstd, zdict, LZMA or PPMd frame (not checksum-verified),
+    or None when it is damaged."""
     if f.codec == Codec.RAW:
         return f.payload
-    if f.codec == Codec.ZSTD:
+    if f.codec in (Codec.ZSTD, Codec.ZDICT):
         return unzstd(f)
     return unlzma(f) if f.codec == Codec.LZMA else unppmd(f)
+
+
+def missing(f: Frame) -> FrameError | None:
+    """The error for a zdict frame whose dictionary this process lacks."""
+    if f.codec == Codec.ZDICT and f.model not in _DICTIONARIES:
+        return FrameError(f"block needs unknown dictionary {f.model.hex()}")
+    return None
 
 
 def frame_codec(frame: bytes) -> Codec:
@@ -101,11 +146,18 @@ def frame_codec(frame: bytes) -> Codec:
 
 
 def unzstd(f: Frame) -> bytes | None:
-    """Payload of a zstd frame, or None when it is damaged."""
+    """Payload of a zstd or zdict frame, or None when it is damaged (or its
+    dictionary unknown)."""
     try:  # a damaged size field must not make zstd allocate it
         if zstandard.frame_content_size(f.payload) != f.raw_len:
             return None
-        return zstandard.ZstdDecompressor().decompress(f.payload, max_output_size=f.raw_len)
+        if f.codec == Codec.ZDICT:
+            if f.model not in _DICTIONARIES:
+                return None
+            dec = zstandard.ZstdDecompressor(dict_data=_DICTIONARIES[f.model])
+        else:
+            dec = zstandard.ZstdDecompressor()
+        return dec.decompress(f.payload, max_output_size=f.raw_len)
     except zstandard.ZstdError:
         return None
 
@@ -118,6 +170,8 @@ def decode_plain(frame: bytes) -> bytes | FrameError:
         return e
     if f.codec == Codec.LLM:
         return FrameError("llm frame needs the model")
+    if missing(f) is not None:
+        return missing(f)
     data = plain_bytes(f)
     if data is None or len(data) != f.raw_len or checksum(data) != f.digest:
         return FrameError("checksum mismatch: decoded bytes differ from the original")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..model import ModelFile
 from .frame import VERSION, Codec, Frame, FrameError, checksum
-from .plain import lzma_payload, plain_bytes, ppmd_payload
+from .plain import lzma_payload, missing, plain_bytes, ppmd_payload, zstd_frame
 from .segments import Coded
 from .workers import LLMPool
 
@@ -107,8 +107,9 @@ class BlockCodec:
         self.close()
 
     # -- encoding --------------------------------------------------------
-    def encode_blocks(self, blocks: list[bytes]) -> list[bytes]:
-        """Frames for *blocks*, each the smallest verified encoding."""
+    def encode_blocks(self, blocks: list[bytes], dictionary: bytes | None = None) -> list[bytes]:
+        """Frames for *blocks*, each the smallest verified encoding; zstd also
+        with the store's *dictionary* (an id known to this process) if given."""
         frames: list[Frame] = []
         llm_todo: list[int] = []
         probe = zstandard.ZstdCompressor(level=1)
@@ -116,20 +117,24 @@ class BlockCodec:
         for i, raw in enumerate(blocks):
             digest = checksum(raw)
             best = Frame(Codec.RAW, len(raw), digest, raw)
+            tries = [zstd_frame(raw, self.policy.zstd_level, dictionary, digest)
+                     if dictionary and raw else None]   # shared history: the probe cannot tell
             if len(raw) and len(probe.compress(raw)) < self.policy.probe_ratio * len(raw):
                 z = full.compress(raw)
                 if len(z) < len(raw):
                     best = Frame(Codec.ZSTD, len(raw), digest, z)
                 for codec, on, payload in ((Codec.LZMA, self.policy.use_lzma, lzma_payload),
                                            (Codec.PPMD, self.policy.use_ppmd, ppmd_payload)):
-                    x = Frame(codec, len(raw), digest, payload(raw)) if on else best
-                    if len(x.payload) < len(best.payload) and plain_bytes(x) == raw:
-                        best = x
+                    tries.append(Frame(codec, len(raw), digest, payload(raw)) if on else None)
                 if self.policy.use_llm and self.model is not None \
                         and len(raw) >= self.policy.min_llm_bytes:
                     llm_todo.append(i)
             else:
                 self.counters["probe_incompressible"] += 1
+            for x in tries:   # (a zdict header is 8 bytes longer: its dictionary id)
+                if x is not None and len(x.payload) + 8 * (x.codec == Codec.ZDICT) \
+                        < len(best.payload) and plain_bytes(x) == raw:
+                    best = x
             frames.append(best)
         if llm_todo:
             self._try_llm(blocks, frames, llm_todo)
@@ -186,7 +191,7 @@ class BlockCodec:
         llm_idx = []
         for i, f in parsed.items():
             if f.codec != Codec.LLM:
-                out[i] = plain_bytes(f)
+                out[i] = missing(f) or plain_bytes(f)
             elif f.model not in self.llm:
                 out[i] = FrameError(f"block needs unknown model {f.model.hex()}; "
                                     "load it with --model or add it to the store")

@@ -1023,7 +1023,7 @@ class LLMFS(mfusepy.Operations):
         key = block_key(raw)
         if self.store.read(lambda t: t.has_block(key)):
             return key, None
-        return key, fast_frame(raw, self.config.write_zstd_level)
+        return key, fast_frame(raw, self.config.write_zstd_level, self.store.dictionary)
 
     def _commit(self, t: Txn, ino: int, snap: Snapshot, frames: dict) -> None:
         inode = t.inode(ino)
@@ -1034,7 +1034,8 @@ class LLMFS(mfusepy.Operations):
                 inode.nblocks += t.clear_block(ino, i)   # all zeros: keep a hole
                 continue
             if frame is None and not t.has_block(key):
-                frame = fast_frame(snap.blocks[i][0], self.config.write_zstd_level)
+                frame = fast_frame(snap.blocks[i][0], self.config.write_zstd_level,
+                                   self.store.dictionary)
             inode.nblocks += t.set_block(ino, i, key, frame)
         inode.size = snap.size
         inode.mtime_ns = snap.mtime_ns

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +28,13 @@ from typing import TypeVar
 import lmdb
 import zstandard
 
+from ..codec.frame import Codec, FrameError, Head, frame_head
+from ..codec.plain import add_dictionary
+from . import packs
+from .packs import FILL_SIZE, WHERE_SIZE, Fill, PackError, Where
 from .schema import (DAMAGED, DATABASES, FORMAT_VERSION, INO_SIZE, INODE_SIZE, KEY_SIZE,
-                     ROOT_INO, Inode, fmap_index, fmap_key, ino_key, ino_of, pack_ref, seal,
-                     unpack_ref, unseal)
+                     ROOT_INO, Inode, fmap_index, fmap_key, ino_key, ino_of, pack_ref, ref_tried,
+                     seal, unpack_ref, unseal)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ _MIN_MAP = 1 << 30
 _LOCKFILE = "llmfs.lock"
 _DISK_RESERVE = 16 << 20   # a failed commit with less free than this is "disk full"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"   # a safetensors file starts with its header length instead
+_PACK_CACHE = 8   # packs kept in memory: reading one frame copies its whole pack value
 
 
 def _pack_model(data: bytes) -> bytes:
@@ -44,8 +50,9 @@ def _pack_model(data: bytes) -> bytes:
 
 
 def _unpack_model(short_id: bytes, value: bytes) -> bytes | None:
-    """The model file kept as *value*, or None when it is damaged (it does not
-    decompress, or its hash is not its id: the first 8 bytes of blake2b-256)."""
+    """The model file (or dictionary) kept as *value*, or None when it is
+    damaged (it does not decompress, or its hash is not its id: the first 8
+    bytes of blake2b-256)."""
     try:
         data = zstandard.ZstdDecompressor().decompress(value) \
             if value[:4] == _ZSTD_MAGIC else value
@@ -156,9 +163,10 @@ class Store:
         except lmdb.Error as e:
             raise StoreError(f"{self.path}: cannot open store: {e}") from None
         self.readonly = readonly
-        self.dbs = {name: self.env.open_db(name.encode(), create=False) for name in DATABASES} \
-            if readonly else {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self.dbs = {name: self._open_db(name) for name in DATABASES}
         self._gate = _Gate()
+        self._packs: OrderedDict[int, bytes] = OrderedDict()   # immutable, ids never reused
+        self._packs_lock = threading.Lock()
         version = self.read(lambda t: t.meta("format"))
         if version is None:
             raise StoreError(f"{self.path}: not an llmfs store (no format version)")
@@ -167,9 +175,53 @@ class Store:
             raise StoreError(f"{self.path}: store format {version} is newer than this llmfs "
                              f"understands ({FORMAT_VERSION}); upgrade llmfs")
         if int(version) < FORMAT_VERSION and not readonly:
-            # records written from now on are sealed, which an older llmfs cannot read
-            self.write(lambda t: t.set_meta("format", FORMAT_VERSION))
+            # records written from now on are sealed and frames packed, which an
+            # older llmfs cannot read; frames compacted before packs go into packs
+            self.write(lambda t: (t.adopt_loose(), t.set_meta("format", FORMAT_VERSION)))
         self.block_size = int(self.read(lambda t: t.meta("block_size")))
+        # the dictionary fresh writes and the compactor use (None: none trained yet)
+        self.dictionary: bytes | None = None
+        dicts = self.read(lambda t: t.dictionaries())
+        for data in dicts.values():
+            add_dictionary(data)
+        current = bytes.fromhex(self.read(lambda t: t.meta("dictionary")) or "")
+        if current in dicts:
+            self.dictionary = current
+
+    def add_dictionary(self, data: bytes) -> bytes:
+        """Keep zstd dictionary *data* in the store as the one to use from now
+        on; returns its id."""
+        did = add_dictionary(data)
+
+        def put(t: Txn) -> None:
+            t.txn.put(did, _pack_model(data), db=t.db["dicts"])
+            t.set_meta("dictionary", did.hex())
+        self.write(put)
+        self.dictionary = did
+        return did
+
+    def _open_db(self, name: str):
+        """A sub-database; None for one an older format lacks, opened read-only
+        (it reads as empty)."""
+        if not self.readonly:
+            return self.env.open_db(name.encode())
+        try:
+            return self.env.open_db(name.encode(), create=False)
+        except lmdb.NotFoundError:
+            return None
+
+    def cached_pack(self, pack: int) -> bytes | None:
+        with self._packs_lock:
+            value = self._packs.get(pack)
+            if value is not None:
+                self._packs.move_to_end(pack)
+            return value
+
+    def cache_pack(self, pack: int, value: bytes) -> None:
+        with self._packs_lock:
+            self._packs[pack] = value
+            while len(self._packs) > _PACK_CACHE:
+                self._packs.popitem(last=False)
 
     @classmethod
     def create(cls, path: Path | str, block_size: int, models: dict[bytes, bytes],
@@ -210,7 +262,7 @@ class Store:
     def read(self, fn: Callable[["Txn"], T]) -> T:
         try:
             with self._gate.shared(), self.env.begin(buffers=False) as txn:
-                return fn(Txn(txn, self))
+                return fn(Txn(txn, self, write=False))
         except _LMDB_DAMAGE as e:
             raise DamagedRecord(f"LMDB page ({e})") from None
 
@@ -223,7 +275,7 @@ class Store:
         for _ in range(40):
             try:
                 with self._gate.shared(), self.env.begin(write=True) as txn:
-                    return fn(Txn(txn, self))
+                    return fn(Txn(txn, self, write=True))
             except lmdb.MapFullError:
                 self._grow()
             except _LMDB_DAMAGE as e:
@@ -267,10 +319,15 @@ class Store:
 class Txn:
     """Schema-level operations inside one LMDB transaction."""
 
-    def __init__(self, txn: lmdb.Transaction, store: Store) -> None:
+    def __init__(self, txn: lmdb.Transaction, store: Store, write: bool) -> None:
         self.txn = txn
         self.store = store
         self.db = store.dbs
+        self.writing = write
+
+    def _get(self, name: str, key: bytes) -> bytes | None:
+        db = self.db[name]
+        return None if db is None else self.txn.get(key, db=db)
 
     # -- meta and counters -------------------------------------------------
     def meta(self, name: str) -> str | None:
@@ -440,9 +497,6 @@ class Txn:
                 n, top = n + 1, max(top, fmap_index(k))   # a damaged key may be out of order
         return n == inode.nblocks and top * self.store.block_size < max(inode.size, 1)
 
-    def frame(self, key: bytes) -> bytes | None:
-        return self.txn.get(key, db=self.db["blocks"])
-
     def has_block(self, key: bytes) -> bool:
         return self.txn.get(key, db=self.db["refs"]) is not None
 
@@ -504,7 +558,8 @@ class Txn:
 
     def scan(self, name: str) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of sub-database *name*, in key order (for tools)."""
-        return iter(self.txn.cursor(db=self.db[name]))
+        db = self.db[name]
+        return iter(()) if db is None else iter(self.txn.cursor(db=db))
 
     def scan_from(self, name: str, key: bytes) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs of *name* from *key* on (inclusive), in key order."""
@@ -512,23 +567,231 @@ class Txn:
         return iter(cur) if cur.set_range(key) else iter(())
 
     def stored_blocks(self) -> Iterator[bytes]:
-        """Every stored block key."""
-        return self.txn.cursor(db=self.db["blocks"]).iternext(values=False)
+        """Every stored block key, loose ones first."""
+        yield from self.txn.cursor(db=self.db["blocks"]).iternext(values=False)
+        yield from (k for k, _ in self.scan("packidx"))
 
     def mark_tried(self, key: bytes, tag: bytes) -> None:
         """Remember that the encoding models *tag* did not shrink block *key*
-        (cleared whenever its refcount changes)."""
+        (cleared whenever its refcount changes); the compactor is done with
+        its frame, which may go into a pack."""
         ref = self.txn.get(key, db=self.db["refs"])
         if ref is not None:
             self.txn.put(key, pack_ref(*unpack_ref(ref), tag), db=self.db["refs"])
+            if self.txn.get(key, db=self.db["blocks"]) is not None:
+                self.txn.put(key, b"", db=self.db["unpacked"])
 
     def replace_frame(self, key: bytes, frame: bytes) -> bool:
         """Swap the stored frame of a block (the compactor's re-encode); False
-        when the block is no longer stored."""
+        when the block is no longer stored.  The new frame is loose, waiting
+        for a pack."""
         if self.txn.get(key, db=self.db["refs"]) is None:
             return False
+        self._drop_frame(key)
         self.txn.put(key, frame, db=self.db["blocks"])
+        self.txn.put(key, b"", db=self.db["unpacked"])
         return True
+
+    # -- frames, loose and packed --------------------------------------------
+    def frame(self, key: bytes) -> bytes | None:
+        """The frame of block *key*; None when it is not stored, or its pack
+        index record or pack is damaged (a missing block: EIO)."""
+        loose = self.txn.get(key, db=self.db["blocks"])
+        if loose is not None:
+            return loose
+        where = self.where(key)
+        if where is None:
+            return None
+        value = self.pack_value(where.pack)
+        if value is None or where.offset + where.length > len(value):
+            return None
+        return value[where.offset:where.offset + where.length]
+
+    def frame_head(self, key: bytes) -> Head | None:
+        """The header fields of block *key*'s frame, without reading a pack;
+        None when not stored or damaged."""
+        found = self.frame_stat(key)
+        return None if found is None else found[0]
+
+    def frame_stat(self, key: bytes) -> tuple[Head, int] | None:
+        """(header fields, stored length) of block *key*'s frame, without
+        reading a pack; None when not stored or damaged."""
+        loose = self.txn.get(key, db=self.db["blocks"])
+        if loose is not None:
+            try:
+                return frame_head(loose), len(loose)
+            except FrameError:
+                return None
+        where = self.where(key)
+        return None if where is None else (where.head, where.length)
+
+    def where(self, key: bytes) -> Where | None:
+        """Where block *key* is packed; None when it is not, or when the
+        index record is damaged."""
+        v = self._get("packidx", key)
+        if v is None:
+            return None
+        value = unseal(key, v, WHERE_SIZE)
+        try:
+            return None if value is None else Where.unpack(value)
+        except ValueError:      # a codec id no frame has
+            return None
+
+    def pack_value(self, pack: int) -> bytes | None:
+        """A pack's bytes (kept in memory between transactions: packs never change)."""
+        value = self.store.cached_pack(pack)
+        if value is None:
+            value = self._get("packs", ino_key(pack))
+            if value is not None and not self.writing:   # a write may still be rolled back
+                self.store.cache_pack(pack, value)
+        return value
+
+    def fill(self, pack: int) -> Fill | None:
+        v = self._get("packfill", ino_key(pack))
+        value = None if v is None else unseal(ino_key(pack), v, FILL_SIZE)
+        return None if value is None else Fill.unpack(value)
+
+    def pack_fills(self) -> Iterator[tuple[int, Fill | None]]:
+        """(pack id, fill) of every pack; None for a damaged fill record."""
+        for k, _ in self.scan("packfill"):
+            yield ino_of(k), self.fill(ino_of(k))
+
+    def _put_fill(self, pack: int, fill: Fill) -> None:
+        k = ino_key(pack)
+        self.txn.put(k, seal(k, fill.pack()), db=self.db["packfill"])
+
+    def _drop_frame(self, key: bytes) -> None:
+        """Remove block *key*'s frame, loose or packed; a pack with nothing
+        left goes at once, one mostly dead is queued for a rewrite."""
+        if self.txn.delete(key, db=self.db["blocks"]):
+            self.txn.delete(key, db=self.db["unpacked"])
+            return
+        where = self.where(key)
+        if not self.txn.delete(key, db=self.db["packidx"]) or where is None:
+            return
+        fill = self.fill(where.pack)
+        if fill is None:
+            return          # damaged: fsck recounts
+        fill.live_bytes -= where.length
+        fill.live_frames -= 1
+        k = ino_key(where.pack)
+        if fill.live_frames <= 0:
+            for name in ("packs", "packfill", "sparse"):
+                self.txn.delete(k, db=self.db[name])
+            return
+        self._put_fill(where.pack, fill)
+        if fill.sparse:
+            self.txn.put(k, b"", db=self.db["sparse"])
+
+    def all_frames(self) -> Iterator[tuple[bytes, bytes | None]]:
+        """(key, frame) of every stored block, loose ones first; a packed
+        frame that cannot be read comes as None."""
+        yield from self.txn.cursor(db=self.db["blocks"])
+        for key, _ in self.scan("packidx"):
+            yield key, self.frame(key)
+
+    def frame_index(self) -> Iterator[tuple[bytes, Head | None, int]]:
+        """(key, header fields, stored length) of every stored block, without
+        reading packs; the header is None for a damaged one (or its index record)."""
+        for key, frame in self.txn.cursor(db=self.db["blocks"]):
+            try:
+                yield key, frame_head(frame), len(frame)
+            except FrameError:
+                yield key, None, len(frame)
+        for key, _ in self.scan("packidx"):
+            where = self.where(key)
+            yield key, None if where is None else where.head, 0 if where is None else where.length
+
+    def adopt_loose(self) -> int:
+        """List the loose frames the compactor is done with for packing
+        (llm frames and those marked tried: a store of the format before
+        packs); returns how many."""
+        n = 0
+        for key, ref in self.scan("refs"):
+            frame = self.txn.get(key, db=self.db["blocks"])
+            if frame is None:
+                continue
+            try:
+                done = ref_tried(ref) != b"" or frame_head(frame).codec == Codec.LLM
+            except FrameError:
+                continue
+            if done:
+                self.txn.put(key, b"", db=self.db["unpacked"])
+                n += 1
+        return n
+
+    def pack_loose(self, target: int, flush: bool = False,
+                   most: int = 4) -> int:
+        """Move the loose frames the compactor is done with into new packs of
+        at least *target* bytes, at most *most* of them; with *flush* the
+        rest too.  Returns the number of frames packed."""
+        group: list[tuple[bytes, bytes]] = []
+        size = written = done = 0
+        for key, _ in list(self.scan("unpacked")):
+            frame = self.txn.get(key, db=self.db["blocks"])
+            if frame is None:          # gone or packed since: a stale entry
+                self.txn.delete(key, db=self.db["unpacked"])
+                continue
+            group.append((key, frame))
+            size += len(frame)
+            if size >= target:
+                done += self._write_pack(group)
+                group, size = [], 0
+                written += 1
+                if written >= most:
+                    return done
+        if group and flush:
+            done += self._write_pack(group)
+        return done
+
+    def _write_pack(self, frames: list[tuple[bytes, bytes]]) -> int:
+        pack = int(self.meta("next_pack") or 1)
+        self.set_meta("next_pack", pack + 1)
+        value, places = packs.build(frames)
+        k = ino_key(pack)
+        self.txn.put(k, value, db=self.db["packs"])
+        for (key, frame), (_, offset, length) in zip(frames, places):
+            where = Where(pack, offset, length, frame_head(frame))
+            self.txn.put(key, seal(key, where.pack_record()), db=self.db["packidx"])
+            self.txn.delete(key, db=self.db["blocks"])
+            self.txn.delete(key, db=self.db["unpacked"])
+        total = sum(p[2] for p in places)
+        self._put_fill(pack, Fill(total, len(places), total, len(places)))
+        return len(frames)
+
+    def live_frames(self, pack: int) -> list[tuple[bytes, bytes]]:
+        """(key, frame) of the frames of *pack* its index still names."""
+        value = self.pack_value(pack)
+        if value is None:
+            return []
+        out = []
+        for key, offset, length in packs.directory(value):
+            where = self.where(key)
+            if where is not None and (where.pack, where.offset, where.length) == \
+                    (pack, offset, length):
+                out.append((key, value[offset:offset + length]))
+        return out
+
+    def repack_sparse(self, most: int = 1) -> int:
+        """Rewrite up to *most* packs that are mostly dead: their live frames
+        become loose (to be packed with others) and the pack goes.  Returns
+        the number of frames copied out."""
+        moved = 0
+        for k, _ in list(self.scan("sparse"))[:most]:
+            pack = ino_of(k)
+            try:
+                live = self.live_frames(pack)
+            except PackError:      # fsck reports the pack's frames as damaged
+                self.txn.delete(k, db=self.db["sparse"])
+                continue
+            for key, frame in live:
+                self.txn.delete(key, db=self.db["packidx"])
+                self.txn.put(key, frame, db=self.db["blocks"])
+                self.txn.put(key, b"", db=self.db["unpacked"])
+            for name in ("packs", "packfill", "sparse"):
+                self.txn.delete(k, db=self.db[name])
+            moved += len(live)
+        return moved
 
     # -- repairs (fsck): change one structure without the usual bookkeeping --
     def unmap_block(self, ino: int, index: int) -> None:
@@ -537,13 +800,59 @@ class Txn:
 
     def drop_block(self, key: bytes) -> None:
         """Remove a stored block and its refcount, whatever references it."""
-        self.txn.delete(key, db=self.db["blocks"])
+        self._drop_frame(key)
+        self.txn.delete(key, db=self.db["packidx"])   # a damaged index record too
         self.txn.delete(key, db=self.db["refs"])
 
     def set_refcount(self, key: bytes, count: int) -> None:
         ref = self.txn.get(key, db=self.db["refs"])
         written = unpack_ref(ref)[1] if ref is not None else 0
         self.txn.put(key, pack_ref(count, written), db=self.db["refs"])
+
+    def pack_census(self) -> dict[int, Fill]:
+        """What every pack's fill record should say, counted from the index
+        (live) and the packs' directories (total); a pack no index record
+        names counts as all dead."""
+        out: dict[int, Fill] = {}
+        for k, value in self.scan("packs"):
+            try:
+                d = packs.directory(value)
+            except PackError:
+                d = []
+            out[ino_of(k)] = Fill(0, 0, sum(e[2] for e in d), len(d))
+        for key, _ in self.scan("packidx"):
+            where = self.where(key)
+            if where is not None and where.pack in out:
+                out[where.pack].live_bytes += where.length
+                out[where.pack].live_frames += 1
+        return out
+
+    def recount_packs(self) -> int:
+        """Make every fill record what :meth:`pack_census` counts, delete
+        packs nothing lives in and fills of packs that are gone; returns
+        how many records changed."""
+        census = self.pack_census()
+        changed = 0
+        for pack, fill in census.items():
+            k = ino_key(pack)
+            if fill.live_frames == 0:
+                for name in ("packs", "packfill", "sparse"):
+                    self.txn.delete(k, db=self.db[name])
+                changed += 1
+                continue
+            fill.total_bytes = max(fill.total_bytes, fill.live_bytes)
+            fill.total_frames = max(fill.total_frames, fill.live_frames)
+            if self.fill(pack) != fill:
+                self._put_fill(pack, fill)
+                changed += 1
+            if fill.sparse:
+                self.txn.put(k, b"", db=self.db["sparse"])
+        for name in ("packfill", "sparse"):
+            for k, _ in list(self.scan(name)):
+                if ino_of(k) not in census:
+                    self.txn.delete(k, db=self.db[name])
+                    changed += 1
+        return changed
 
     def _unref(self, key: bytes) -> None:
         ref = self.txn.get(key, db=self.db["refs"])
@@ -552,28 +861,39 @@ class Txn:
         n, written = unpack_ref(ref)
         if n <= 1:
             self.txn.delete(key, db=self.db["refs"])
-            self.txn.delete(key, db=self.db["blocks"])
+            self._drop_frame(key)
         else:
             self.txn.put(key, pack_ref(n - 1, written), db=self.db["refs"])
 
     # -- models ------------------------------------------------------------
-    def models(self) -> dict[bytes, bytes]:
-        """Model files by short id (kept zstd-compressed: a model is megabytes
-        of integer tables that compress 2.4x, and every store carries one).
-        A damaged model is left out (logged): its blocks read as EIO."""
+    def _hashed(self, name: str, what: str) -> dict[bytes, bytes]:
+        """The records of *name* kept by hash id, damaged ones left out (logged)."""
         out = {}
-        for k, v in self.txn.cursor(db=self.db["models"]):
+        for k, v in self.scan(name):
             data = _unpack_model(k, v)
             if data is None:
-                log.error("model %s: damaged record in the store (run llmfs fsck)", k.hex())
+                log.error("%s %s: damaged record in the store (run llmfs fsck)", what, k.hex())
             else:
                 out[k] = data
         return out
 
+    def models(self) -> dict[bytes, bytes]:
+        """Model files by short id (kept zstd-compressed: a model is megabytes
+        of integer tables that compress 2.4x, and every store carries one).
+        A damaged model is left out (logged): its blocks read as EIO."""
+        return self._hashed("models", "model")
+
     def damaged_models(self) -> list[bytes]:
         """Short ids of the models whose record is damaged."""
-        return [k for k, v in self.txn.cursor(db=self.db["models"])
-                if _unpack_model(k, v) is None]
+        return [k for k, v in self.scan("models") if _unpack_model(k, v) is None]
+
+    def dictionaries(self) -> dict[bytes, bytes]:
+        """The store's zstd dictionaries by id; a damaged one is left out
+        (logged): its blocks read as EIO."""
+        return self._hashed("dicts", "dictionary")
+
+    def damaged_dictionaries(self) -> list[bytes]:
+        return [k for k, v in self.scan("dicts") if _unpack_model(k, v) is None]
 
     def model_ids(self) -> list[bytes]:
         """Short ids of the models kept (without decompressing them)."""

@@ -13,9 +13,15 @@ dirents    parent ino u64 + name           child ino u64, sealed
 symlinks   ino u64                         target bytes
 xattrs     ino u64 + name                  value
 fmap       ino u64 + block index u64       block key (blake2b-256 of raw), sealed
-blocks     block key                       frame (see ``codec.frame``)
+blocks     block key                       frame (see ``codec.frame``), loose
 refs       block key                       refcount u32 + written ns u64
+packs      pack id u64                     many frames (``store.packs``)
+packidx    block key                       where a packed frame is, sealed
+packfill   pack id u64                     live/total bytes of a pack, sealed
+unpacked   block key                       b"" (a loose frame the compactor is done with)
+sparse     pack id u64                     b"" (a pack mostly dead: to rewrite)
 models     model short id (8 bytes)        model file bytes
+dicts      dictionary id (8 bytes)         zstd dictionary (``llmfs/dictionaries.py``)
 orphans    ino u64                         b"" (unlinked while open)
 counters   name (ascii)                    u64
 =========  ==============================  =================================
@@ -26,7 +32,8 @@ otherwise read as wrong bytes (a hole of zeros, another size) where the block
 frames' own checksums cannot see it; a seal that does not match makes the
 record *damaged*: EIO for what needs it, and a problem for fsck.  Records of
 format 1 have no seal (they are told apart by their fixed length) and are
-taken as they are.
+taken as they are.  Format 3 adds packs: a store an older llmfs must not
+open, since it would not find packed blocks.
 """
 from __future__ import annotations
 
@@ -36,10 +43,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ROOT_INO = 1
 DATABASES = ("meta", "inodes", "dirents", "symlinks", "xattrs", "fmap", "blocks", "refs",
-             "models", "orphans", "counters")
+             "models", "orphans", "counters", "packs", "packidx", "packfill", "unpacked",
+             "sparse", "dicts")
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")
