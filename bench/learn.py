@@ -27,7 +27,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmfs.training import generated_logs  # noqa: E402
+from llmfs.training.archive import generated_logs  # noqa: E402
 
 
 def llmfs(*args: str, **kw) -> subprocess.CompletedProcess:

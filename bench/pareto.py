@@ -1,7 +1,7 @@
 """The model-size Pareto table: `python bench/pareto.py [--steps 800] [--kib 128]`.
 
 For each shape (width x depth [x vocabulary]) a model is trained from scratch
-on the offline training corpus (``python -m llmfs.model.corpus build/corpus2``)
+on the offline training corpus (``python -m llmfs.training.corpus build/corpus2``)
 with the same budget of ``--steps`` x ``--batch`` x window tokens, exported to
 the integer engine, and measured:
 
@@ -32,11 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 from llmfs.bench import corpus_files, measure, read_sample, warm_up, weight_count  # noqa: E402
 from llmfs.codec.workers import LLMPool  # noqa: E402
-from llmfs.model.export import export, float_int_bpb, load_float  # noqa: E402
+from llmfs.training.export import export, float_int_bpb
+from llmfs.training.floats import load_float  # noqa: E402
 from llmfs.model.modelfile import LanguageModel  # noqa: E402
-from llmfs.model.net import Config, Transformer  # noqa: E402
+from llmfs.training.net import Config, Transformer  # noqa: E402
 from llmfs.model.tokenizer import ByteTokenizer, train as train_tokenizer  # noqa: E402
-from llmfs.model.train import save_checkpoint, tokenize_file, train_steps  # noqa: E402
+from llmfs.training.train import save_checkpoint, tokenize_file, train_steps  # noqa: E402
 
 SHAPES = ["64x2", "128x2", "128x4", "192x4", "256x4", "128x4x4096"]
 FILES = ("dickens", "enwik6", "xml")
@@ -110,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.corpus / "train.txt").exists():
         raise SystemExit(f"{args.corpus}: no training corpus; run "
-                         f"python -m llmfs.model.corpus {args.corpus}")
+                         f"python -m llmfs.training.corpus {args.corpus}")
     args.out.mkdir(parents=True, exist_ok=True)
     files = {p.name.removesuffix(".xz"): p for p in corpus_files()}
     if not all(f in files for f in FILES):

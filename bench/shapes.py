@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 from llmfs.bench import corpus_files, measure, read_sample, warm_up, weight_count  # noqa: E402
 from llmfs.codec.workers import LLMPool  # noqa: E402
-from llmfs.model.export import quantize  # noqa: E402
+from llmfs.training.export import quantize  # noqa: E402
 from llmfs.model.modelfile import LanguageModel, model_bytes  # noqa: E402
-from llmfs.model.net import Config, Transformer  # noqa: E402
+from llmfs.training.net import Config, Transformer  # noqa: E402
 
 SHAPES = [(64, 2), (64, 4), (128, 2), (128, 4), (128, 8), (192, 4), (256, 4), (256, 8),
           (384, 6)]

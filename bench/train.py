@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmfs.model import DEFAULT_MODEL  # noqa: E402
-from llmfs.training import generated_logs, sample_directory, split, train_model  # noqa: E402
+from llmfs.training.archive import generated_logs, sample_directory, split, train_model  # noqa: E402
 
 
 def write_logs(dest: Path, files: int = 8, lines: int = 6000) -> Path:

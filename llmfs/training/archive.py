@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
-from .codec.frame import Codec
-from .codec.plain import decode_plain, frame_codec
-from .codec.policy import Policy
-from .store import Store
+from ..codec.frame import Codec
+from ..codec.plain import decode_plain, frame_codec
+from ..codec.policy import Policy
+from ..store import Store
 
 if TYPE_CHECKING:
-    from .model.modelfile import LanguageModel
+    from ..model.modelfile import LanguageModel
 
 def _compressible(block: bytes) -> bool:
     """The codec policy's probe: blocks zstd -1 cannot shrink never reach the model."""
@@ -134,7 +134,7 @@ class Outcome:
 
 def llm_bytes(model: LanguageModel, blocks: list[bytes]) -> int:
     """Payload bytes of *blocks* as llm frames of *model* (what compaction stores)."""
-    from .codec.llm import LLMCodec
+    from ..codec.llm import LLMCodec
 
     codec = LLMCodec(model)
     return sum(len(e.payload) for e in codec.encode_many([(b, float("inf")) for b in blocks]))
@@ -145,8 +145,9 @@ def train_model(base_path: Path, blocks: list[bytes], *, steps: int, held_fracti
                 notes: dict | None = None, rival: bytes | None = None) -> Outcome:
     """Fine-tune the model at *base_path* on *blocks*; measure it on held-back
     ones against *rival* (a model file; default: the base model)."""
-    from .model.modelfile import LanguageModel
-    from .model.tune import FLOAT_NAME, finetune, load_float_for
+    from ..model.modelfile import LanguageModel
+    from .floats import FLOAT_NAME, load_float_for
+    from .tune import finetune
 
     base = LanguageModel.load(base_path)
     float_model = load_float_for(base, base_path.with_name(FLOAT_NAME))
@@ -162,7 +163,7 @@ def register(store: Store, model: bytes) -> list[bytes]:
     """Keep *model* in the store, first among the encoding models, beside the
     store's original model (earlier trained ones stay for decoding only).
     Returns the encoding models' short ids."""
-    from .model import model_id
+    from ..model import model_id
 
     short = model_id(model)[:8]
 

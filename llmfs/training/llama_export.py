@@ -10,8 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .intformat import FX, H_MAX, H_SHIFT_MAX, NORM_CB, ROPE_BITS, ZV
-from .export import GELU_N, _mult, _quant_rows, attention_scales, exp_tables, record_maxima
+from ..model.intformat import FX, H_MAX, H_SHIFT_MAX, NORM_CB, ROPE_BITS, ZV
+from .export import (
+    GELU_N,
+    _mult,
+    _quant_rows,
+    attention_scales,
+    exp_tables,
+    record_maxima,
+)
 from .llama import Llama, rope_angles
 
 ROPE_POSITIONS = 4096     # rotary table length: a segment (2048 tokens) plus its context token

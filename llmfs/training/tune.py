@@ -11,43 +11,14 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from ..model.modelfile import LanguageModel, model_bytes
 from .export import calibration_batch, quantize
-from .modelfile import LanguageModel, model_bytes
-from .net import Config, Transformer
+from .net import Transformer
 from .train import check_enough, optimizer, train_step
-
-FLOAT_FORMAT = "llmfs-float-1"
-FLOAT_NAME = "float.safetensors"   # kept next to the model file it was exported to
-
-
-def save_float(path: Path, model: Transformer, int_model_id: bytes) -> None:
-    """The float weights behind integer model *int_model_id* (what fine-tuning starts from)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={
-        "format": FLOAT_FORMAT, "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
-        "model": int_model_id.hex()})
-
-
-def load_float_for(base: LanguageModel, path: Path) -> Transformer:
-    """The float model *base* was exported from, read from *path*."""
-    from safetensors import safe_open
-
-    if not path.exists():
-        raise ValueError(f"{path}: no float weights next to the base model; "
-                         "fine-tuning needs the checkpoint the model was exported from")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FLOAT_FORMAT or meta.get("model") != base.id.hex():
-        raise ValueError(f"{path}: float weights of another model (not {base.id.hex()[:16]})")
-    model = Transformer(Config(**json.loads(meta["config"])))
-    model.load_state_dict(load_file(str(path)))
-    return model
 
 
 class Tuning:

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .intformat import FX, NORM_CB, SHIFT, ZA, ZV
-from .modelfile import save_model
-from .net import Config, Transformer
-from .tokenizer import ByteTokenizer
+from ..model.intformat import FX, NORM_CB, SHIFT, ZA, ZV
+from ..model.modelfile import save_model
+from ..model.tokenizer import ByteTokenizer
+from .floats import FLOAT_NAME, load_float, save_float
+from .net import Transformer
 
 if TYPE_CHECKING:
-    from .modelfile import LanguageModel
+    from ..model.modelfile import LanguageModel
 
 GELU_N = 256  # GELU table covers [-R, R] of each channel in 2N+1 steps
 
@@ -139,19 +140,6 @@ def calibration_batch(tok: ByteTokenizer, text: bytes, window: int) -> torch.Ten
     return torch.from_numpy(ids[: n * window].astype("int64")).view(n, window)
 
 
-def load_float(float_dir: Path) -> tuple[Transformer, ByteTokenizer]:
-    """A float checkpoint written by ``train.py`` (float.safetensors, config.json, tokenizer.json)."""
-    import json
-
-    from safetensors.torch import load_file
-
-    meta = json.loads((float_dir / "config.json").read_text())
-    model = Transformer(Config(**{k: meta[k] for k in Config.__dataclass_fields__ if k in meta}))
-    model.load_state_dict(load_file(str(float_dir / "float.safetensors")))
-    model.eval()
-    return model, ByteTokenizer.load(float_dir / "tokenizer.json")
-
-
 def export(float_dir: Path, out_path: Path, calib_text: bytes, notes: dict | None = None) -> str:
     """Quantise ``float_dir`` to *out_path*; returns the model id as hex."""
     model, tok = load_float(float_dir)
@@ -172,7 +160,7 @@ def float_int_bpb(float_model: Transformer, lm: "LanguageModel", text: bytes) ->
 def int_bpb_windows(model: "LanguageModel", ids, seq: int, n_bytes: int) -> float:
     """Bits per byte of the integer engine on non-overlapping windows of *seq*
     tokens: the same measure as ``train.evaluate`` gives for the float model."""
-    from .engine import KVCache
+    from ..model.engine import KVCache
 
     n = (len(ids) - 1) // seq
     x = torch.from_numpy(ids[: n * seq + 1].astype("int64"))
@@ -189,7 +177,7 @@ def main() -> None:
     import argparse
     import json
 
-    from .modelfile import LanguageModel, model_bytes
+    from ..model.modelfile import LanguageModel, model_bytes
 
     ap = argparse.ArgumentParser(description="Quantise a float checkpoint into a model file.")
     ap.add_argument("float_dir", type=Path)
@@ -209,7 +197,6 @@ def main() -> None:
              "int_bpb": round(i_bpb, 4),
              "measured_on": "held-out corpus text, bytes 200000-400000, windows of cfg.window"}
     mid = save_model(args.out, fm.cfg, tok, tensors, notes)
-    from .tune import FLOAT_NAME, save_float
 
     save_float(args.out.with_name(FLOAT_NAME), fm, bytes.fromhex(mid))
     print(json.dumps({"id": mid, **notes}, indent=2))

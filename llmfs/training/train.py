@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..model.tokenizer import ByteTokenizer
+from ..model.tokenizer import train as train_tokenizer
+from .floats import load_float
 from .net import Config, Transformer
-from .tokenizer import ByteTokenizer, train as train_tokenizer
 
 
 def tokenize_file(tok: ByteTokenizer, path: Path) -> np.ndarray:
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", type=Path, metavar="FILE",
-                    help="more training text (e.g. synthetic.txt of llmfs.model.synth), "
+                    help="more training text (e.g. synthetic.txt of llmfs.training.synth), "
                          "drawn as --extra-share of every batch")
     ap.add_argument("--extra-share", type=float, default=0.25)
     ap.add_argument("--init", type=Path, metavar="DIR",
@@ -75,8 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     tok_path = args.out / "tokenizer.json"
     init = None
     if args.init:
-        from .export import load_float
-
         init, tok = load_float(args.init)
         tok_path.write_text(tok.to_str())
     elif tok_path.exists():

@@ -10,7 +10,7 @@ text.  Sampling it at temperature 1 draws text from its own distribution, so
 training on the samples distils it into the small model (sequence-level
 distillation; the two tokenizers differ, so logits cannot be matched).
 
-``python -m llmfs.model.synth OUT --tokens N`` asks the model, through its
+``python -m llmfs.training.synth OUT --tokens N`` asks the model, through its
 chat template, for stories, letters, articles, essays and the like on a
 fixed list of everyday subjects (``prompts``), and appends the answers to
 ``OUT/synthetic.txt`` (documents separated as in ``corpus.py``), with
@@ -34,9 +34,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..model.tokenizer import ByteTokenizer
 from .llama import Llama, rope_angles, rotate
 from .smollm2 import find_gguf, read_gguf
-from .tokenizer import ByteTokenizer
 
 SEP = b"\n\x00\n"      # corpus.py's document separator
 CONTROL = 3             # GGUF token type of control tokens (<|endoftext|>, <|im_start|>, ...)
