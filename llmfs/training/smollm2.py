@@ -29,7 +29,7 @@ from .net import Config
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Tokens of context: a whole 2048-token segment (codec/segments.py).  On the first
 # 64 KiB of dickens 512 / 1024 / 2048 give 1.380 / 1.294 / 1.161 bpb, at about half
-# the encode speed of 512 (bench/strong.py; README, "The strong tier").
+# the encode speed of 512 (bench/strong.py; docs/USAGE.md, "The strong tier").
 WINDOW = 2048
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
