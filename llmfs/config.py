@@ -36,6 +36,9 @@ class Config:
     compact_yield_s: float = 1.0      # no round starts within this long of a read or write
     compact_upgrade: bool = True      # also re-code llm blocks of older formats / other models
     pack_kib: int = 256               # cold frames are kept in packs of about this size
+    compact_cluster: str = ""         # Ray cluster address the compactor encodes on ("" = here)
+    compact_cluster_device: str = "cpu"   # ... on its CPUs or GPUs ("cuda")
+    compact_cluster_verify: float = 1.0   # ... share of returned llm frames decoded here first
     learn: bool = True                # the daemon fine-tunes a store model on its cold data
     learn_after_mib: float = 16.0     # ... each time this much compressible data was compacted
     learn_sample_mib: float = 8.0     # ... from a sample of this much of it (a tenth held back)
@@ -60,6 +63,8 @@ class Config:
             "compact_cpu_share": 0 < self.compact_cpu_share <= 1,
             "compact_yield_s": self.compact_yield_s >= 0,
             "pack_kib": 4 <= self.pack_kib <= 64 * 1024,
+            "compact_cluster_device": self.compact_cluster_device in ("cpu", "cuda"),
+            "compact_cluster_verify": 0 <= self.compact_cluster_verify <= 1,
             "learn_after_mib": self.learn_after_mib > 0,
             "learn_sample_mib": self.learn_sample_mib > 0,
             "learn_steps": 1 <= self.learn_steps <= 100_000,

@@ -161,6 +161,19 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)])
 
 
+def processes(marker: bytes, pids: list[int] | None = None) -> list[int]:
+    """The processes (of *pids*, default all) whose command line holds *marker*."""
+    out = []
+    for pid in pids if pids is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmd:
+            out.append(int(pid))
+    return out
+
+
 def x86_like(n_calls: int, seed: int = 3) -> bytes:
     """Machine-code-like bytes: short random runs, each ending in a call
     (E8 rel32) to one of a few functions; the relative offsets all differ,

@@ -44,6 +44,16 @@ def record(seed: int) -> bytes:
     return HEADER + bytes(0x80 + rng.randrange(16) for _ in range(rng.randint(600, 1200)))
 
 
+def backlog(store) -> int:
+    """Loose frames the compactor has not finished with (as llmfs stats --watch counts)."""
+    s = Store(store, readonly=True)
+    try:
+        return s.read(lambda t: t.txn.stat(t.db["blocks"])["entries"]
+                      - t.txn.stat(t.db["unpacked"])["entries"])
+    finally:
+        s.close()
+
+
 def test_a_dictionary_is_trained_only_when_it_pays():
     files = [small_file(i) for i in range(200)]
     d = train(files)
@@ -62,11 +72,12 @@ def test_fresh_writes_and_compaction_use_the_store_dictionary_on_a_mount(tmp_pat
         for name, data in files.items():
             m.path(name).write_bytes(data)
         wait_for(lambda: live(m).get("dictionaries", 0) >= 1)
-        assert live(m)["compact_dictionary_blocks"] >= 90       # the sample, coded again
+        assert live(m)["compact_dictionary_blocks"] >= MIN_SAMPLES   # the sample, coded again
         later = {f"new{i}": record(1000 + i) for i in range(10)}
         for name, data in later.items():                        # fresh writes use it now
             m.path(name).write_bytes(data)
         files.update(later)
+        wait_for(lambda: backlog(m.store) == 0)                 # the compactor is done
         assert all(m.path(n).read_bytes() == d for n, d in files.items())
     finally:
         m.stop()
@@ -76,7 +87,10 @@ def test_fresh_writes_and_compaction_use_the_store_dictionary_on_a_mount(tmp_pat
     s.close()
     assert st.dictionary in st.dictionaries and st.space["dictionaries"] > 0
     zdict = [h for h in heads if h.codec == Codec.ZDICT and h.model.hex() == st.dictionary]
-    assert len(zdict) == len(heads) == 110                  # all of them, fresh writes too
+    # every block is zdict (fresh writes too) but for the few where the model beat zstd
+    # before there was a dictionary (llm frames are final)
+    assert len(heads) == 110 and len(zdict) >= 90
+    assert all(h.codec == Codec.LLM for h in heads if h not in zdict), [h for h in heads if h not in zdict]
     assert st.stored_bytes < sum(map(len, files.values())) - 110 * 600
     r = subprocess.run([sys.executable, "-m", "llmfs.cli", "fsck", str(m.store), "--scrub"],
                        capture_output=True, text=True)

@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from llmfs.codec.frame import Codec, Frame
 from llmfs.config import Config
 from llmfs.learner import LEARN_DIR, Learner
@@ -66,6 +68,7 @@ def test_learner_offers_a_uniform_sample_and_counts_towards_the_next_run(tmp_pat
         s.close()
 
 
+@pytest.mark.slow   # about 2 minutes: make test-slow (CI runs it when time allows)
 def test_daemon_trains_registers_and_uses_a_store_model_and_resumes_after_a_stop(tmp_path):
     m = Mounted(tmp_path, options=LEARN)
     m.mkfs("--block-size", "16384")

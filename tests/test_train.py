@@ -62,6 +62,7 @@ def test_weights_round_trip(tmp_path):
         load_float_for(base, tmp_path / FLOAT_NAME)
 
 
+@pytest.mark.slow   # make test-slow
 def test_train_directory_lowers_bpb_on_held_back_data(tmp_path):
     src = tmp_path / "logs"
     src.mkdir()
@@ -79,6 +80,7 @@ def test_train_directory_lowers_bpb_on_held_back_data(tmp_path):
     assert new_bytes < 0.8 * base_bytes, (new_bytes, base_bytes)
 
 
+@pytest.mark.slow   # make test-slow
 def test_train_store_registers_model_and_compactor_uses_it(tmp_path):
     src, store, dst = tmp_path / "logs", tmp_path / "store", tmp_path / "out"
     src.mkdir()

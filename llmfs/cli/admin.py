@@ -56,15 +56,23 @@ def _human(n: float) -> str:
               help="Also re-code llm blocks written in an older frame format or by another "
                    "model than the preferred one (each is decoded first, so this takes about "
                    "three times as long per block).")
+@click.option("--cluster", "cluster", default=None, metavar="ADDRESS",
+              help="Encode on the Ray cluster at ADDRESS ('local:N': N CPUs here); "
+                   "default: compact_cluster of the config, else this machine.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="The cluster's workers run the model on CPUs or GPUs.")
+@click.option("--verify", type=click.FloatRange(0, 1), default=None,
+              help="Share of the cluster's llm frames decoded here before they are kept "
+                   "(default 1: all; every frame's checksum is always checked).")
 @config_opt
 def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
-            batch: int | None, retry: bool, upgrade: bool, config_path: str | None) -> None:
+            batch: int | None, retry: bool, upgrade: bool, cluster: str | None,
+            device: str | None, verify: float | None, config_path: str | None) -> None:
     """Re-encode a store's zstd blocks with the model, offline (the store must
     not be mounted).  Each block is swapped only when the llm frame is smaller
     and decoded back to the same bytes."""
     from tqdm import tqdm
 
-    from ..codec.policy import BlockCodec
     from ..compactor import recompress, recompress_plain, wanted
     from ..dictionaries import Sampler
     from ..store.schema import ref_tried
@@ -72,6 +80,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     config = _config(config_path)
     batch = batch or config.compact_batch
     pack = config.pack_kib << 10
+    cluster = config.compact_cluster if cluster is None else cluster
     with _exclusive(store) as s:
         files, encoders = s.read(lambda t: t.codec_models())
         if model_hex is not None:   # this one model encodes
@@ -89,7 +98,10 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         totals: dict[str, int] = {}
         t0 = time.monotonic()
         sampler = Sampler(s)   # small blocks the model loses on, for a store dictionary
-        with BlockCodec.from_model_files(files, workers, encoders) as codec:
+        with _codec(files, workers, encoders, cluster, device or config.compact_cluster_device,
+                    config.compact_cluster_verify if verify is None else verify) as codec:
+            if cluster:    # enough blocks a round to keep every worker of the cluster busy
+                batch = max(batch, 2 * codec.inflight * codec.task_blocks)
             first = codec.encoders[0] if codec.encoders else None
             keys = s.read(lambda t: [k for k, h, _ in t.frame_index()
                                      if h is not None and wanted(h, upgrade, first)])
@@ -117,6 +129,9 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                            t.pack_loose(pack, flush=True, most=1 << 30)))
         dt = time.monotonic() - t0
     kinds = "zstd/LZMA/PPMd and older llm" if upgrade else "zstd/LZMA/PPMd"
+    if totals.get("unencoded"):
+        click.echo(f"{totals['unencoded']} blocks not coded (their cluster tasks failed or were "
+                   "refused; see the log): run llmfs compact again", err=True)
     click.echo(f"{store}: tried {len(keys)} {kinds} blocks in {dt:.0f} s; "
                f"{totals.get('llm', 0)} now llm, {totals.get('fallback', 0)} now zstd -19, LZMA or PPMd, "
                + (f"{totals.get('upgraded', 0)} llm re-coded smaller, " if upgrade else "")
@@ -128,6 +143,23 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                   if skipped else "")
                + (f"; {totals['verify_failures']} llm verify failures"
                   if totals.get("verify_failures") else ""))
+
+
+def _codec(files: list[bytes], workers: int, encoders: int, cluster: str, device: str,
+           verify: float):
+    """The codec compaction encodes with: here, or on a Ray cluster."""
+    from ..codec.policy import BlockCodec
+
+    local = BlockCodec.from_model_files(files, workers, encoders)
+    if not cluster:
+        return local
+    from ..cluster import ClusterCodec, ClusterError
+
+    try:
+        return ClusterCodec(local, files, encoders, cluster, device, verify)
+    except ClusterError as e:
+        local.close()
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()

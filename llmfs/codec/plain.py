@@ -45,6 +45,11 @@ def add_dictionary(data: bytes) -> bytes:
     return did
 
 
+def dictionary_data(dictionary: bytes) -> bytes:
+    """The bytes of the dictionary of id *dictionary* (known to this process)."""
+    return _DICTIONARIES[dictionary].as_bytes()
+
+
 def zstd_frame(raw: bytes, level: int, dictionary: bytes | None = None,
                digest: bytes | None = None) -> Frame:
     """A zstd frame of *raw* at *level*, with the dictionary of id *dictionary*

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mfusepy
 
+from ..cluster import HINT, available as cluster_available
 from ..config import Config
 from ..store import Store, StoreError, StoreLock
 from .mounts import FSTYPE, fsname, mount_type
@@ -111,6 +112,8 @@ def mount(store: str, mountpoint: str, config: Config, foreground: bool = False,
         if not os.path.isdir(mountpoint):
             raise StoreError(f"{mountpoint}: mount point is not a directory")
         Store(store, readonly=True).close()   # format check before anything is mounted
+        if config.compact and config.compact_cluster and not cluster_available():
+            raise StoreError(f"compact_cluster = {config.compact_cluster}: {HINT}")
     except BaseException:
         lock.release()
         raise
