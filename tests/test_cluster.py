@@ -140,3 +140,40 @@ def test_the_daemon_compacts_on_the_cluster_and_refuses_to_mount_without_ray(tmp
             f"main(['mount', {str(m.store)!r}, {str(m.mnt)!r}, '-o', 'compact_cluster=local:1'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 1 and "pip install 'llmfs[cluster]'" in r.stderr, r.stderr
+
+
+def test_cancelling_a_cluster_compaction_leaves_the_store_consistent(tmp_path):
+    data = (SAMPLE * 8)[:64 * 4096]
+    m = Mounted(tmp_path, options="compact=false")
+    m.mkfs("--block-size", "4096")
+    m.start()
+    try:
+        m.path("gpl").write_bytes(data)
+    finally:
+        m.stop()
+
+    def llm_frames() -> int:
+        s = Store(m.store, readonly=True)
+        try:
+            return s.read(lambda t: sum(h is not None and h.codec == Codec.LLM
+                                        for _, h, _ in t.frame_index()))
+        finally:
+            s.close()
+
+    p = subprocess.Popen([sys.executable, "-m", "llmfs.cli", "compact", str(m.store),
+                          "--cluster", "local:2", "--batch", "8"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while llm_frames() == 0:                                # the first batch is swapped in
+        assert time.time() < end and p.poll() is None
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)                           # Ctrl-C with more batches out
+    p.communicate(timeout=120)
+    assert p.returncode != 0 and 0 < llm_frames() < 64      # stopped part of the way
+    r = llmfs("fsck", str(m.store), "--scrub")
+    assert r.returncode == 0 and "clean" in r.stdout, r.stdout + r.stderr
+    m.start()
+    try:
+        assert m.path("gpl").read_bytes() == data
+    finally:
+        m.stop()
