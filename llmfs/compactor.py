@@ -137,12 +137,15 @@ def recompress_plain(store: Store, keys: list[bytes], tag: bytes,
 
 
 def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes,
-                upgrade: bool = False, first: bytes | None = None) -> tuple[list[bytes], bytes]:
+                upgrade: bool = False, first: bytes | None = None
+                ) -> tuple[list[bytes], bytes, list[bytes]]:
     """Up to *limit* zstd blocks (with *upgrade*, also llm blocks of an older
     format) written before *older_than_ns* and not yet tried by the encoding
     models *tag*, walking the block keys upward from *after* (wrapping at the
-    end), and where to go on from."""
+    end), where to go on from, and the cold raw blocks met on the way that are
+    not yet listed for packing (nothing to code: they only go into a pack)."""
     out: list[bytes] = []
+    settled: list[bytes] = []
     pos = after
     for key, ref in t.scan_from("refs", after):
         pos = key
@@ -153,8 +156,10 @@ def cold_blocks(t: Txn, after: bytes, limit: int, older_than_ns: int, tag: bytes
             if head is not None and wanted(head, upgrade, first):
                 out.append(key)
                 if len(out) >= limit:
-                    return out, pos
-    return out, b""          # end of the keys: the next walk starts over
+                    return out, pos, settled
+            elif head is not None and head.codec == Codec.RAW and t.unlisted(key):
+                settled.append(key)
+    return out, b"", settled          # end of the keys: the next walk starts over
 
 
 class Compactor:
@@ -275,12 +280,13 @@ class Compactor:
         cutoff = time.time_ns() - int(self.config.compact_after_s * 1e9)
         cursor = bytes.fromhex(self.store.read(lambda t: t.meta("compact_cursor")) or "")
         upgrade = self.config.compact_upgrade
-        keys, nxt = self.store.read(
+        keys, nxt, settled = self.store.read(
             lambda t: cold_blocks(t, cursor, self.config.compact_batch, cutoff, self.tag, upgrade,
                                   self.first))
-        if nxt != cursor:
+        if nxt != cursor or settled:
             with self.lock:
-                self.store.write(lambda t: t.set_meta("compact_cursor", nxt.hex()))
+                self.store.write(lambda t: (t.settle(settled),
+                                            t.set_meta("compact_cursor", nxt.hex())))
         if not keys:
             return bool(nxt)     # nothing cold in this stretch: go on unless the walk ended
         if self._codec is None:

@@ -125,7 +125,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                     s.write(lambda t: t.pack_loose(pack))
                     bar.update(len(part))
         # what is left of the finished blocks goes into one last pack
-        s.write(lambda t: (t.repack_sparse(most=1 << 30),
+        s.write(lambda t: (t.repack_sparse(most=1 << 30), t.adopt_loose(),
                            t.pack_loose(pack, flush=True, most=1 << 30)))
         dt = time.monotonic() - t0
     kinds = "zstd/LZMA/PPMd and older llm" if upgrade else "zstd/LZMA/PPMd"

@@ -702,17 +702,29 @@ class Txn:
             where = self.where(key)
             yield key, None if where is None else where.head, 0 if where is None else where.length
 
+    def unlisted(self, key: bytes) -> bool:
+        """Whether block *key* has a loose frame not yet listed for packing."""
+        return self.txn.get(key, db=self.db["blocks"]) is not None \
+            and self._get("unpacked", key) is None
+
+    def settle(self, keys: list[bytes]) -> None:
+        """List the loose frames of *keys* for packing (cold blocks the
+        compactor leaves as they are: raw ones)."""
+        for key in keys:
+            if self.txn.get(key, db=self.db["blocks"]) is not None:
+                self.txn.put(key, b"", db=self.db["unpacked"])
+
     def adopt_loose(self) -> int:
         """List the loose frames the compactor is done with for packing
-        (llm frames and those marked tried: a store of the format before
-        packs); returns how many."""
+        (llm and raw frames and those marked tried: a store of the format
+        before packs, or the end of an offline compaction); returns how many."""
         n = 0
         for key, ref in self.scan("refs"):
             frame = self.txn.get(key, db=self.db["blocks"])
-            if frame is None:
+            if frame is None or self._get("unpacked", key) is not None:
                 continue
             try:
-                done = ref_tried(ref) != b"" or frame_head(frame).codec == Codec.LLM
+                done = ref_tried(ref) != b"" or frame_head(frame).codec in (Codec.LLM, Codec.RAW)
             except FrameError:
                 continue
             if done:
