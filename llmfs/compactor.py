@@ -219,12 +219,12 @@ class Compactor:
                     return
                 log.exception("compactor round failed; trying again later")
 
-    def pack(self, flush: bool = False) -> None:
+    def pack(self) -> None:
         """Pack the loose frames compaction is done with and rewrite a mostly
         dead pack (one short transaction: copying, no coding)."""
         with self.lock:
             moved, packed = self.store.write(lambda t: (
-                t.repack_sparse(), t.pack_loose(self.config.pack_kib << 10, flush=flush)))
+                t.repack_sparse(), t.pack_loose(self.config.pack_kib << 10)))
         self.stats["compact_repacked"] += moved
         self.stats["compact_packed"] += packed
 

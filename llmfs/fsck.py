@@ -83,13 +83,13 @@ def _pack_problems(t: Txn) -> list[str]:
     out = []
     census = t.pack_census()
     for pack, fill in census.items():
+        kept = t.fill(pack)
         if fill.live_frames == 0:
             out.append(f"pack {pack}: no live frame left in it")
-        elif t.fill(pack) is None:
+        elif kept is None:
             out.append(f"pack {pack}: fill record missing or damaged")
-        elif (t.fill(pack).live_bytes, t.fill(pack).live_frames) != \
-                (fill.live_bytes, fill.live_frames):
-            out.append(f"pack {pack}: fill record counts {t.fill(pack).live_frames} frames, "
+        elif (kept.live_bytes, kept.live_frames) != (fill.live_bytes, fill.live_frames):
+            out.append(f"pack {pack}: fill record counts {kept.live_frames} frames, "
                        f"{fill.live_frames} live")
     out += [f"pack {p}: fill record of a missing pack" for p, _ in t.pack_fills()
             if p not in census]

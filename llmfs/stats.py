@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from .codec.frame import Codec
+from .codec.frame import Codec, Head
 from .model import model_id, model_metadata, shipped_model
 from .store import Store, Txn
 from .store.packs import overhead
@@ -93,6 +93,16 @@ def collect(store: Store) -> StoreStats:
     return store.read(_collect)
 
 
+def _tally(codecs: dict[str, CodecRow], models: Counter[str], head: Head, length: int) -> None:
+    """Count one stored frame (its header fields and stored length)."""
+    row = codecs[head.codec.name.lower()]
+    row.blocks += 1
+    row.logical += head.raw_len
+    row.stored += length
+    if head.codec == Codec.LLM:
+        models[head.model.hex()] += 1
+
+
 def _collect(t: Txn) -> StoreStats:
     st = StoreStats(codecs={c.name.lower(): CodecRow() for c in Codec})
     for _, inode in t.all_inodes():
@@ -109,13 +119,8 @@ def _collect(t: Txn) -> StoreStats:
         if head is None:
             st.damaged_frames += 1
             continue
-        row = st.codecs[head.codec.name.lower()]
-        row.blocks += 1
-        row.logical += head.raw_len
-        row.stored += length
+        _tally(st.codecs, models, head, length)
         raw_len[key] = head.raw_len
-        if head.codec == Codec.LLM:
-            models[head.model.hex()] += 1
     for key, ref in t.scan("refs"):
         st.mapped_bytes += raw_len.get(key, 0) * unpack_ref(ref)[0]
     st.unique_bytes = sum(raw_len.values())
@@ -227,13 +232,7 @@ def usage(store: Store, inos: list[int]) -> Usage:
                 if found is None:
                     u.missing_blocks += 1
                     continue
-                head, length = found
-                row = u.codecs[head.codec.name.lower()]
-                row.blocks += 1
-                row.logical += head.raw_len
-                row.stored += length
-                if head.codec == Codec.LLM:
-                    models[head.model.hex()] += 1
+                _tally(u.codecs, models, *found)
         u.unique_blocks = len(seen_keys)
 
     store.read(walk)

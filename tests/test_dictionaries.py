@@ -48,8 +48,7 @@ def backlog(store) -> int:
     """Loose frames the compactor has not finished with (as llmfs stats --watch counts)."""
     s = Store(store, readonly=True)
     try:
-        return s.read(lambda t: t.txn.stat(t.db["blocks"])["entries"]
-                      - t.txn.stat(t.db["unpacked"])["entries"])
+        return s.read(lambda t: t.backlog())
     finally:
         s.close()
 

@@ -153,14 +153,14 @@ def _watch(mountpoint: str, store: str, interval: float) -> None:
     try:
         while True:
             live = _live(mountpoint)
+            # opened anew each time: the daemon may grow the map past what a
+            # long-lived read-only environment mapped
             s = _open(store)
             try:
-                fresh, done = s.read(lambda t: (t.txn.stat(t.db["blocks"])["entries"],
-                                                t.txn.stat(t.db["unpacked"])["entries"]))
+                live["compact_backlog"] = s.read(lambda t: t.backlog())
             finally:
                 s.close()
             now = time.monotonic()
-            live["compact_backlog"] = fresh - done    # loose frames the compactor has not done
             click.echo(_watch_text(mountpoint, live, prev, now - t_prev)
                        if os.isatty(1) else json.dumps(live, sort_keys=True))
             prev, t_prev = live, now

@@ -175,8 +175,8 @@ def decode_plain(frame: bytes) -> bytes | FrameError:
         return e
     if f.codec == Codec.LLM:
         return FrameError("llm frame needs the model")
-    if missing(f) is not None:
-        return missing(f)
+    if (err := missing(f)) is not None:
+        return err
     data = plain_bytes(f)
     if data is None or len(data) != f.raw_len or checksum(data) != f.digest:
         return FrameError("checksum mismatch: decoded bytes differ from the original")

@@ -578,8 +578,7 @@ class Txn:
         ref = self.txn.get(key, db=self.db["refs"])
         if ref is not None:
             self.txn.put(key, pack_ref(*unpack_ref(ref), tag), db=self.db["refs"])
-            if self.txn.get(key, db=self.db["blocks"]) is not None:
-                self.txn.put(key, b"", db=self.db["unpacked"])
+            self.settle([key])
 
     def replace_frame(self, key: bytes, frame: bytes) -> bool:
         """Swap the stored frame of a block (the compactor's re-encode); False
@@ -660,6 +659,12 @@ class Txn:
         k = ino_key(pack)
         self.txn.put(k, seal(k, fill.pack()), db=self.db["packfill"])
 
+    def _drop_pack(self, pack: int) -> None:
+        """Delete a pack and its fill and rewrite records."""
+        k = ino_key(pack)
+        for name in ("packs", "packfill", "sparse"):
+            self.txn.delete(k, db=self.db[name])
+
     def _drop_frame(self, key: bytes) -> None:
         """Remove block *key*'s frame, loose or packed; a pack with nothing
         left goes at once, one mostly dead is queued for a rewrite."""
@@ -674,14 +679,12 @@ class Txn:
             return          # damaged: fsck recounts
         fill.live_bytes -= where.length
         fill.live_frames -= 1
-        k = ino_key(where.pack)
         if fill.live_frames <= 0:
-            for name in ("packs", "packfill", "sparse"):
-                self.txn.delete(k, db=self.db[name])
+            self._drop_pack(where.pack)
             return
         self._put_fill(where.pack, fill)
         if fill.sparse:
-            self.txn.put(k, b"", db=self.db["sparse"])
+            self.txn.put(ino_key(where.pack), b"", db=self.db["sparse"])
 
     def all_frames(self) -> Iterator[tuple[bytes, bytes | None]]:
         """(key, frame) of every stored block, loose ones first; a packed
@@ -702,14 +705,20 @@ class Txn:
             where = self.where(key)
             yield key, None if where is None else where.head, 0 if where is None else where.length
 
+    def backlog(self) -> int:
+        """Loose frames the compactor has not finished with (fresh writes)."""
+        listed = self.db["unpacked"]
+        return self.txn.stat(self.db["blocks"])["entries"] - (
+            0 if listed is None else self.txn.stat(listed)["entries"])
+
     def unlisted(self, key: bytes) -> bool:
         """Whether block *key* has a loose frame not yet listed for packing."""
         return self.txn.get(key, db=self.db["blocks"]) is not None \
             and self._get("unpacked", key) is None
 
     def settle(self, keys: list[bytes]) -> None:
-        """List the loose frames of *keys* for packing (cold blocks the
-        compactor leaves as they are: raw ones)."""
+        """List the loose frames of *keys* for packing (blocks the compactor
+        is done with)."""
         for key in keys:
             if self.txn.get(key, db=self.db["blocks"]) is not None:
                 self.txn.put(key, b"", db=self.db["unpacked"])
@@ -800,8 +809,7 @@ class Txn:
                 self.txn.delete(key, db=self.db["packidx"])
                 self.txn.put(key, frame, db=self.db["blocks"])
                 self.txn.put(key, b"", db=self.db["unpacked"])
-            for name in ("packs", "packfill", "sparse"):
-                self.txn.delete(k, db=self.db[name])
+            self._drop_pack(pack)
             moved += len(live)
         return moved
 
@@ -846,10 +854,8 @@ class Txn:
         census = self.pack_census()
         changed = 0
         for pack, fill in census.items():
-            k = ino_key(pack)
             if fill.live_frames == 0:
-                for name in ("packs", "packfill", "sparse"):
-                    self.txn.delete(k, db=self.db[name])
+                self._drop_pack(pack)
                 changed += 1
                 continue
             fill.total_bytes = max(fill.total_bytes, fill.live_bytes)
@@ -858,7 +864,7 @@ class Txn:
                 self._put_fill(pack, fill)
                 changed += 1
             if fill.sparse:
-                self.txn.put(k, b"", db=self.db["sparse"])
+                self.txn.put(ino_key(pack), b"", db=self.db["sparse"])
         for name in ("packfill", "sparse"):
             for k, _ in list(self.scan(name)):
                 if ino_of(k) not in census:
