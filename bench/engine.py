@@ -3,8 +3,9 @@
 For the first 64 KiB of each file (default: dickens, enwik6, xml of
 ../shared/corpus), with the default model: encode KB/s (chunked forward +
 range coder) and decode KB/s of that one block (its segments as one batch),
-with the native C core (``llmfs/model/_core.c``, its fastest SIMD path and
-the portable one), and with the torch engine: int8 matmuls as integer
+with the native C core (``llmfs/model/_core.c``, its fastest SIMD path on
+one thread and on every core, and the portable one), and with the torch
+engine (``--threads``: its threads): int8 matmuls as integer
 matmuls (where the engine's probe allows) and the exact float32 path.  Every
 path must give the same payload; the script checks it.  Not a test.
 """
@@ -48,26 +49,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = LanguageModel.load()
     fast = native.simd()
-    paths = [(f"native core ({fast})", model, "native", fast)]
+    cores = len(os.sched_getaffinity(0))
+    paths = [(f"native core ({fast})", model, "native", fast, 1)]
+    if cores > 1:
+        paths.append((f"native core ({fast}), {cores} threads", model, "native", fast, cores))
     if fast != "portable":
-        paths.append(("native core (portable)", model, "native", "portable"))
+        paths.append(("native core (portable)", model, "native", "portable", 1))
     if int8_mm_exact():
-        paths.append(("torch, int8 matmul", model, "torch", None))
+        paths.append(("torch, int8 matmul", model, "torch", None, 1))
     f32 = LanguageModel.from_bytes(model.data)
     f32.engine = Engine(model.cfg, load(model.data), int8=False)
-    paths.append(("torch, float32 matmul", f32, "torch", None))
-    print(f"model {model.id.hex()[:16]}; first {BLOCK} bytes; {args.threads} thread(s); "
-          f"torch._int_mm exact here: {int8_mm_exact()}")
+    paths.append(("torch, float32 matmul", f32, "torch", None, 1))
+    print(f"model {model.id.hex()[:16]}; first {BLOCK} bytes; torch on {args.threads} "
+          f"thread(s); torch._int_mm exact here: {int8_mm_exact()}")
     print("| file | engine path | encode KB/s | decode KB/s (one block) |")
     print("|---|---|---:|---:|")
     for path in args.files or [p for p in corpus_files()
                                if p.name.split(".")[0] in ("dickens", "enwik6", "xml")]:
         data = read_sample(path, BLOCK)
         payloads = set()
-        for name, lm, engine, simd in paths:
+        for name, lm, engine, simd, threads in paths:
             os.environ["LLMFS_ENGINE"] = engine
             if simd:
                 native.simd(simd)
+            native.threads(threads)
             codec = LLMCodec(lm)
             codec.encode(data[:4096])   # warm-up
             payload, enc, dec = measure(codec, data)

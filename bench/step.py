@@ -2,10 +2,12 @@
 
 For each model file (default: the shipped default and, when built,
 build/strong/model.safetensors), the median wall time of one
-``NativeEngine.step`` on one thread for: one stream one position (a cold
-single-stream decode step: every weight read for one row), 8 and 16 streams
-one position (a block's segments decoding in lockstep), and one stream 170
-positions (an encoder chunk of the strong tier's size).  Random tokens,
+``NativeEngine.step`` on one thread, and on every core (the core's helper
+threads split the streams), for: one stream one position (a cold
+single-stream decode step: every weight read for one row), 8 and 14 streams
+one position (a block's segments decoding in lockstep), one stream 170
+positions (an encoder chunk of the strong tier's size) and 14 streams 16
+positions (part of an encoder chunk of a 64 KiB block).  Random tokens,
 positions from the start of the cache.  Not a test.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np  # noqa: E402
 from llmfs.model import MODELS_DIR, native  # noqa: E402
 from llmfs.model.modelfile import LanguageModel  # noqa: E402
 
-SHAPES = [(1, 1), (8, 1), (16, 1), (1, 170)]   # (streams, positions) per step
+SHAPES = [(1, 1), (8, 1), (14, 1), (1, 170), (14, 16)]   # (streams, positions) per step
 
 
 def main() -> None:
@@ -32,9 +34,10 @@ def main() -> None:
     args = ap.parse_args()
     models = args.models or [MODELS_DIR / "default" / "model.safetensors",
                              Path("build/strong/model.safetensors")]
-    print(f"SIMD path: {native.simd()}")
-    print("| model | streams x positions | ms / step | ms / row |")
-    print("|---|---|---:|---:|")
+    cores = len(os.sched_getaffinity(0))
+    print(f"SIMD path: {native.simd()}; {cores} cores")
+    print(f"| model | streams x positions | ms / step | ms / row | ms / step, {cores} threads |")
+    print("|---|---|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for path in models:
         if not path.exists():
@@ -43,14 +46,22 @@ def main() -> None:
         lm = LanguageModel.load(path)
         eng = native.NativeEngine.of(lm)
         for B, n in SHAPES:
-            cache, times = eng.new_cache(), []
-            for _ in range(8 if n == 1 else 3):
-                toks = rng.integers(0, lm.cfg.vocab, (B, n))
-                t = time.perf_counter()
-                eng.step(toks, cache)
-                times.append(time.perf_counter() - t)
-            ms = statistics.median(times) * 1e3
-            print(f"| {path.parent.name} | {B} x {n} | {ms:.2f} | {ms / B / n:.3f} |")
+            ms = [step_ms(eng, rng, lm.cfg.vocab, B, n, threads) for threads in (1, cores)]
+            print(f"| {path.parent.name} | {B} x {n} | {ms[0]:.2f} | {ms[0] / B / n:.3f} "
+                  f"| {ms[1]:.2f} |")
+    native.threads(1)
+
+
+def step_ms(eng, rng, vocab: int, B: int, n: int, threads: int) -> float:
+    """Median ms of one step of B streams x n positions on *threads* threads."""
+    native.threads(threads)
+    cache, times = eng.new_cache(), []
+    for _ in range(8 if n == 1 else 3):
+        toks = rng.integers(0, vocab, (B, n))
+        t = time.perf_counter()
+        eng.step(toks, cache)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
 
 
 if __name__ == "__main__":

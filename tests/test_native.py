@@ -1,8 +1,10 @@
 """The native exact core gives the torch engine's integers bit for bit."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import constriction
 import numpy as np
@@ -219,19 +221,87 @@ def test_fuzzed_payloads_are_errors_or_caught(model):
         assert model.tokenizer.decode([t for s in got[1:] for t in s]) == PROSE * 2
 
 
+@pytest.fixture
+def threads():
+    """Sets the core's thread count for a test, and 1 again after it."""
+    yield native.threads
+    native.threads(1)
+
+
+def test_threads_give_the_same_tables(model, threads):
+    """A step's streams split over helper threads: the tables of every
+    chunking equal the one-thread ones, with more threads than streams too."""
+    g = torch.Generator().manual_seed(17)
+    tokens = torch.randint(0, model.cfg.vocab, (7, model.cfg.window + 40), generator=g)
+    eng = native.NativeEngine.of(model)
+    want = native_tables(eng, tokens, 64)
+    for n in (2, 3, 16):
+        assert threads(n) == n
+        for chunk in (1, 64):
+            assert torch.equal(native_tables(eng, tokens, chunk), want), (n, chunk)
+
+
+def test_threads_decode_the_same_tokens(model, threads):
+    """A batch of mixed blocks of unequal length and a damaged copy of one
+    stream decoded with the model alone, on 1, 2 and 5 threads: the same
+    tokens (the streams end at different steps, so the chunks shrink)."""
+    codec = LLMCodec(model)
+    blocks = [PROSE * 2, PROSE[:700], bytes(range(256)) * 3]
+    coded = [codec.encode(b) for b in blocks]
+    streams, groups, spans = [], [], []
+    for c in coded:
+        segs = split_segments(c.payload, c.n_tokens)
+        spans.append((len(streams), len(segs)))
+        if c.version != MODEL_ALONE:
+            groups.append((len(streams), len(segs), c.version))
+        streams += segs
+    bad = bytearray(streams[0][0])
+    bad[len(bad) // 2] ^= 0x10
+    streams.append((bytes(bad), streams[0][1]))      # model alone, damaged
+    want = codec.engine.decode(codec.bos, streams, groups)
+    assert [model.tokenizer.decode([t for s in want[a:a + k] for t in s])
+            for a, k in spans] == blocks
+    assert groups                # mixed blocks (the damaged stream runs the model alone)
+    for n in (2, 5):
+        threads(n)
+        assert codec.engine.decode(codec.bos, streams, groups) == want, n
+        assert model.tokenizer.decode(codec.decode_many(coded[:1])[0]) == blocks[0]
+
+
+def test_threads_survive_fork(model, threads):
+    """A process forked while the core has helper threads has none of them:
+    its first step starts its own and decodes right (no hang)."""
+    codec = LLMCodec(model)
+    coded = codec.encode(PROSE)
+    threads(2)
+    assert model.tokenizer.decode(codec.decode_many([coded])[0]) == PROSE
+    pid = os.fork()
+    if pid == 0:     # the child: exit status says whether it decoded
+        ok = model.tokenizer.decode(codec.decode_many([coded])[0]) == PROSE
+        os._exit(0 if ok else 1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung decoding")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_decoding_with_the_core_never_imports_torch(tmp_path):
     """A worker (and `llmfs decompress`) decoding with the core loads the
     model and codes without torch: seconds off a cold first byte."""
-    code = ("import sys\n"
-            "from llmfs.codec.llm import LLMCodec\n"
-            "from llmfs.codec.workers import _init\n"
+    code = ("import math, multiprocessing, sys\n"
+            "from llmfs.codec import workers\n"
             "from llmfs.model.modelfile import LanguageModel\n"
             "m = LanguageModel.load()\n"
-            "_init(m.data)\n"
-            "from llmfs.codec import workers\n"
-            "c = workers._codec\n"
+            "workers._init(m.data, multiprocessing.Value('i', 0))\n"
             f"data = {PROSE!r}\n"
-            "assert m.tokenizer.decode(c.decode_many([c.encode(data)])[0]) == data\n"
+            "coded = workers._encode((data, math.inf))\n"
+            "assert m.tokenizer.decode(workers._decode([coded])[0]) == data\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

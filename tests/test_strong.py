@@ -85,8 +85,8 @@ def native_tables(eng, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
 def test_native_core_gives_the_torch_engines_tables(strong):
     """The core's Llama (rotary int16 keys, grouped heads, SwiGLU with its
     down projection grouped by shift) against the torch engine: past the
-    window, in any chunking, on every SIMD path, on runs of one token that
-    drive the activations to their clamps, after select."""
+    window, in any chunking, on two threads, on every SIMD path, on runs of
+    one token that drive the activations to their clamps, after select."""
     from llmfs.model import _core
 
     g = torch.Generator().manual_seed(5)
@@ -97,6 +97,12 @@ def test_native_core_gives_the_torch_engines_tables(strong):
     want = tables(strong.engine, rand, 32)
     for chunk in (1, 29, rand.shape[1]):
         assert torch.equal(native_tables(eng, rand, chunk), want), chunk
+    try:                # streams over helper threads (one chunk each: big weights)
+        native.threads(2)
+        for chunk in (1, rand.shape[1]):
+            assert torch.equal(native_tables(eng, rand, chunk), want), ("threads", chunk)
+    finally:
+        native.threads(1)
     fast = _core.simd()
     try:
         for path in _core.simd_paths():       # portable is slow: fewer rows

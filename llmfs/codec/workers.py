@@ -1,9 +1,11 @@
-"""Process pool for the llm codec: one single-threaded engine per core.
+"""Process pool for the llm codec: one engine per worker process.
 
-The engine's small matmuls and per-token Python work scale poorly across
-threads of one process; two single-thread processes were measured 1.3-2.4x
-faster than one two-thread process (shared/MEASUREMENTS.md).  Results do not
-change: the engine is exact whatever the process or thread count.
+Blocks are spread over the workers, one thread each; two single-thread
+processes were measured 1.3-2.4x faster than one two-thread torch process
+(shared/MEASUREMENTS.md).  A decode job that finds cores idle (a lone cold
+read) also runs the native core's helper threads on them, which split its
+block's streams.  Results do not change: the engine is exact whatever the
+process or thread count.
 
 A worker that dies (killed, out of memory) breaks a ProcessPoolExecutor for
 good; the pool then starts fresh workers and runs the batch once more, so
@@ -31,31 +33,50 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+_CORES = len(os.sched_getaffinity(0))
 _codec: LLMCodec | None = None
+_busy = None        # in a worker: the pool's count of decode jobs under way (shared)
 
 
 class WorkerError(RuntimeError):
     """A batch the model workers could not finish (they died on it twice)."""
 
 
-def _init(model_bytes: bytes) -> None:
+def _init(model_bytes: bytes, busy) -> None:
     """Runs in each worker: only workers build the engine.  With the native
     core they never import torch; a torch engine (strong tier, or no core)
     runs single-threaded."""
-    global _codec
+    global _codec, _busy
     os.environ["OMP_NUM_THREADS"] = "1"     # read when torch is first imported
     from ..model.modelfile import LanguageModel
     from .llm import LLMCodec
 
     _codec = LLMCodec(LanguageModel.from_bytes(model_bytes))
+    _busy = busy
 
 
 def _encode(job: tuple[bytes, float]) -> Coded | None:
+    from ..model import native
+
+    native.threads(1)       # the compactor's CPU share counts one core per worker
     return _codec.encode(*job)
 
 
 def _decode(items: list[Coded]) -> list[list[int] | None]:
-    return _codec.decode_many(items)
+    """A read waits on this: the block's streams are split over the cores
+    that the pool's other decode jobs leave idle (a lone cold read on two
+    cores decodes ~1.6x faster; same integers)."""
+    from ..model import native
+
+    with _busy.get_lock():
+        _busy.value += 1
+        running = _busy.value
+    try:
+        native.threads(max(1, _CORES // running))
+        return _codec.decode_many(items)
+    finally:
+        with _busy.get_lock():
+            _busy.value -= 1
 
 
 def _terminate(table: dict, done: list) -> list:
@@ -81,8 +102,9 @@ class LLMPool:
         self._ex = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init, initargs=(self.model.data,))
+        ctx = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
+                                   initargs=(self.model.data, ctx.Value("i", 0)))
 
     def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
         """``map`` over the workers; a dead worker restarts the pool and the

@@ -465,6 +465,7 @@ typedef struct {
     int64_t eps, total;
     PyObject *keep;            /* the bytes objects the pointers below point into */
     int8_t *wpk;               /* all weights, packed (see pack) (owned) */
+    size_t wbytes;             /* their size */
     const int32_t *emb;        /* [V, d] */
     const int8_t *head;        /* packed [V][d] */
     const int64_t *head_m, *norm_f, *exp_vocab, *exp_attn;
@@ -613,6 +614,7 @@ static int Model_init(Model *self, PyObject *args, PyObject *kw)
                                                       + packed_size((1 + llama) * ff, d)
                                                       + (llama ? 0 : packed_size(d, ff)));
     self->wpk = big_alloc(total16);
+    self->wbytes = total16;
     if (!self->wpk) {
         PyErr_NoMemory();
         return -1;
@@ -912,16 +914,20 @@ static void swiglu(const Model *m, const struct Layer *lw, int R, Scratch *S)
                                                     H_SHIFT_MAX);
 }
 
-/* Positions pos0 .. pos0 + n of every stream: row (b, j) reads token
+/* Positions pos0 .. pos0 + n of streams b0 .. b1: row (b, j) reads token
  * tokens[b * tstride + j] and writes its logits at logits + b * lstride + j * V.
- * The matmuls run on all B * n rows at once (each weight read once for them
+ * The matmuls run on all those rows at once (each weight read once for them
  * all); attention goes row by row, each stream's positions in order, so each
  * key/value enters its ring slot just before the position that adds it. */
-static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t *tokens,
-                    size_t tstride, int64_t *logits, size_t lstride, Scratch *S)
+static void forward(const Model *m, Cache *c, int b0, int b1, int64_t pos0, int n,
+                    const int64_t *tokens, size_t tstride, int64_t *logits, size_t lstride,
+                    Scratch *S)
 {
-    int R = c->B * n, d = m->d, A = m->A;
+    /* streams b0 .. b1 of the cache; row r is stream b0 + r / n */
+    int R = (b1 - b0) * n, d = m->d, A = m->A;
     int qkvn = (m->H + 2 * m->KV) * m->hd;
+    tokens += (size_t)b0 * tstride;
+    logits += (size_t)b0 * lstride;
     for (int r = 0; r < R; r++) {
         const int32_t *e = m->emb + (size_t)tokens[(r / n) * tstride + r % n] * d;
         for (int i = 0; i < d; i++)
@@ -937,7 +943,7 @@ static void forward(const Model *m, Cache *c, int64_t pos0, int n, const int64_t
             const int32_t *ac = S->acc + (size_t)r * qkvn;
             for (int i = 0; i < qkvn; i++)
                 q[i] = clamp8(requant(ac[i], lw->qkv_m[i]));
-            attention(m, c, l, r / n, pos0 + r % n, q, S->a + (size_t)r * A, S);
+            attention(m, c, l, b0 + r / n, pos0 + r % n, q, S->a + (size_t)r * A, S);
         }
         kernels->matmul(S->a, R, lw->wo, A, d, S->acc);
         for (int r = 0; r < R; r++) {
@@ -971,21 +977,23 @@ static size_t acc_width(const Model *m)
     return w > (size_t)m->V ? w : (size_t)m->V;
 }
 
+/* Scratch is made and freed in Model.decode's loop, which runs without the
+ * GIL: Python's raw allocator (malloc), never its object allocator. */
 static void scratch_free(Scratch *S)
 {
-    PyMem_Free(S->x);
-    PyMem_Free(S->y);
-    PyMem_Free(S->acc);
-    PyMem_Free(S->qkv);
-    PyMem_Free(S->a);
-    PyMem_Free(S->q16);
-    PyMem_Free(S->hg);
-    PyMem_Free(S->acc64);
-    PyMem_Free(S->dots);
-    PyMem_Free(S->z);
-    PyMem_Free(S->ehi);
-    PyMem_Free(S->elo);
-    PyMem_Free(S->num);
+    PyMem_RawFree(S->x);
+    PyMem_RawFree(S->y);
+    PyMem_RawFree(S->acc);
+    PyMem_RawFree(S->qkv);
+    PyMem_RawFree(S->a);
+    PyMem_RawFree(S->q16);
+    PyMem_RawFree(S->hg);
+    PyMem_RawFree(S->acc64);
+    PyMem_RawFree(S->dots);
+    PyMem_RawFree(S->z);
+    PyMem_RawFree(S->ehi);
+    PyMem_RawFree(S->elo);
+    PyMem_RawFree(S->num);
 }
 
 static int scratch_alloc(Scratch *S, const Model *m, int B)
@@ -993,25 +1001,99 @@ static int scratch_alloc(Scratch *S, const Model *m, int B)
     size_t qkvn = (size_t)(m->H + 2 * m->KV) * m->hd;
     size_t yw = (size_t)(m->d > m->ff ? m->d : m->ff);
     size_t aw = acc_width(m);
-    S->x = PyMem_Malloc((size_t)B * m->d * 8);
-    S->y = PyMem_Malloc((size_t)B * yw * 2);
-    S->acc = PyMem_Malloc((size_t)B * aw * 4);
-    S->qkv = PyMem_Malloc((size_t)B * qkvn);
-    S->a = PyMem_Malloc((size_t)B * m->A * 2);
-    S->q16 = PyMem_Malloc((size_t)m->A * 2);
-    S->hg = PyMem_Malloc((size_t)B * H_GROUP * 2);
-    S->acc64 = PyMem_Malloc((size_t)B * m->d * 8);
-    S->dots = PyMem_Malloc((size_t)m->W * 4);
-    S->z = PyMem_Malloc((size_t)m->W * 4);
-    S->ehi = PyMem_Malloc((size_t)m->W * 2);
-    S->elo = PyMem_Malloc((size_t)m->W * 2);
-    S->num = PyMem_Malloc((size_t)m->hd * 8);
+    S->x = PyMem_RawMalloc((size_t)B * m->d * 8);
+    S->y = PyMem_RawMalloc((size_t)B * yw * 2);
+    S->acc = PyMem_RawMalloc((size_t)B * aw * 4);
+    S->qkv = PyMem_RawMalloc((size_t)B * qkvn);
+    S->a = PyMem_RawMalloc((size_t)B * m->A * 2);
+    S->q16 = PyMem_RawMalloc((size_t)m->A * 2);
+    S->hg = PyMem_RawMalloc((size_t)B * H_GROUP * 2);
+    S->acc64 = PyMem_RawMalloc((size_t)B * m->d * 8);
+    S->dots = PyMem_RawMalloc((size_t)m->W * 4);
+    S->z = PyMem_RawMalloc((size_t)m->W * 4);
+    S->ehi = PyMem_RawMalloc((size_t)m->W * 2);
+    S->elo = PyMem_RawMalloc((size_t)m->W * 2);
+    S->num = PyMem_RawMalloc((size_t)m->hd * 8);
     if (!S->x || !S->y || !S->acc || !S->qkv || !S->a || !S->q16 || !S->hg || !S->acc64
             || !S->dots || !S->z || !S->ehi || !S->elo || !S->num) {
         scratch_free(S);
         return -1;
     }
     return 0;
+}
+
+static void freqs_row(const Model *m, const int64_t *l, int64_t *f);
+
+/* One step over the helper threads (_team.c): chunk i runs the forward pass
+ * of the streams part(i) .. part(i + 1) with its own scratch and, when
+ * decoding, their frequency tables.  The streams' rows are independent, so
+ * any split gives the same integers. */
+typedef struct {
+    const Model *m;
+    Cache *c;
+    int B, chunks, n;
+    int64_t pos0;
+    const int64_t *tokens;
+    size_t tstride, lstride;
+    int64_t *logits;
+    int64_t *freqs;        /* decoding: [B][V] tables of the logits; else NULL */
+    MixState **mix;        /* decoding: each row's mixer (NULL: the model alone) ... */
+    const int *ids, *at;   /* ... its stream there, its row among the mixer's rows */
+    Scratch *S;            /* [chunks] */
+} StepJob;
+
+static int part(const StepJob *j, int i)
+{
+    return (int)((int64_t)j->B * i / j->chunks);
+}
+
+static void step_chunk(void *arg, int i)
+{
+    const StepJob *j = arg;
+    int b0 = part(j, i), b1 = part(j, i + 1);
+    if (b0 == b1)
+        return;
+    forward(j->m, j->c, b0, b1, j->pos0, j->n, j->tokens, j->tstride, j->logits, j->lstride,
+            &j->S[i]);
+    for (int b = b0; j->freqs && b < b1; b++) {
+        int64_t *f = j->freqs + (size_t)b * j->m->V;
+        freqs_row(j->m, j->logits + (size_t)b * j->lstride, f);
+        if (j->mix[b])
+            mix_row(j->mix[b], f, j->ids[b], j->at[b]);
+    }
+}
+
+/* Weights beyond this are read from memory, not cache, at every step: each
+ * chunk reads them all, so such a model (the strong tier's 135 M) runs one
+ * chunk per thread (two per thread cost it 10 % more time than one thread). */
+#define BIG_WEIGHTS (16u << 20)
+
+static Scratch *step_scratch(StepJob *j, int B, int rows_per_stream)
+{
+    /* j->chunks and their scratch for B streams: two chunks per thread, so a
+     * thread the machine is slow to run leaves less for the others to wait on */
+    int t = team_threads(0);
+    int want = t <= 1 ? 1 : j->m->wbytes > BIG_WEIGHTS ? t : 2 * t;
+    j->B = B;
+    j->chunks = want < B ? want : B;
+    j->S = PyMem_RawCalloc((size_t)j->chunks, sizeof(Scratch));
+    int rows = ((B + j->chunks - 1) / j->chunks) * rows_per_stream;
+    for (int i = 0; j->S && i < j->chunks; i++)
+        if (scratch_alloc(&j->S[i], j->m, rows) < 0) {
+            for (int k = 0; k < i; k++)
+                scratch_free(&j->S[k]);
+            PyMem_RawFree(j->S);
+            j->S = NULL;
+        }
+    return j->S;
+}
+
+static void step_scratch_free(StepJob *j)
+{
+    for (int i = 0; j->S && i < j->chunks; i++)
+        scratch_free(&j->S[i]);
+    PyMem_RawFree(j->S);
+    j->S = NULL;
 }
 
 static PyObject *Cache_step(Cache *self, PyObject *args)
@@ -1041,19 +1123,23 @@ static PyObject *Cache_step(Cache *self, PyObject *args)
     int rows = (int)((1 << 23) / acc_width(m));   /* the sums of a pass: at most 32 MiB */
     rows = rows > ROWS ? ROWS : rows;
     int sub = rows / B > n ? n : rows / B > 0 ? rows / B : 1;   /* positions per forward */
-    Scratch S;
-    if (scratch_alloc(&S, m, B * sub) < 0) {
+    StepJob job = {.m = m, .c = self, .tstride = (size_t)n, .lstride = (size_t)n * m->V};
+    if (!step_scratch(&job, B, sub)) {
         PyErr_NoMemory();
         goto done;
     }
     int64_t *o = out.buf;
     int64_t fill = self->fill;
     Py_BEGIN_ALLOW_THREADS
-    for (int j = 0; j < n; j += sub)
-        forward(m, self, fill + j, n - j < sub ? n - j : sub, t + j, (size_t)n,
-                o + (size_t)j * m->V, (size_t)n * m->V, &S);
+    for (int j = 0; j < n; j += sub) {
+        job.pos0 = fill + j;
+        job.n = n - j < sub ? n - j : sub;
+        job.tokens = t + j;
+        job.logits = o + (size_t)j * m->V;
+        team_run(step_chunk, &job, job.chunks);
+    }
     Py_END_ALLOW_THREADS
-    scratch_free(&S);
+    step_scratch_free(&job);
     self->fill = fill + n;
     ret = Py_NewRef(Py_None);
 done:
@@ -1217,35 +1303,42 @@ static int decode_loop(const Model *m, Cache *c, DStream *st, int *act, int nact
     /* LLMCodec._decode_streams for the streams act[0..nact) (ascending, each
      * with tokens to decode); no Python inside.  0, or -1: out of memory. */
     int V = m->V, rc = -1;
-    Scratch S;
     int64_t *cur = malloc((size_t)nact * 8), *logits = malloc((size_t)nact * V * 8);
     int64_t *fr = malloc((size_t)nact * V * 8);
     int *ids = malloc((size_t)nact * sizeof(int)), *syms = malloc((size_t)nact * sizeof(int));
-    int *keep = malloc((size_t)nact * sizeof(int));
-    if (scratch_alloc(&S, m, nact) < 0)
-        S.x = NULL;
-    if (!cur || !logits || !fr || !ids || !syms || !keep || !S.x)
+    int *keep = malloc((size_t)nact * sizeof(int)), *at = malloc((size_t)nact * sizeof(int));
+    MixState **mix = malloc((size_t)nact * sizeof(MixState *));
+    StepJob job = {.m = m, .c = c, .n = 1, .tokens = cur, .tstride = 1, .logits = logits,
+                   .lstride = (size_t)V, .freqs = fr, .mix = mix, .ids = ids, .at = at};
+    if (!cur || !logits || !fr || !ids || !syms || !keep || !at || !mix
+            || !step_scratch(&job, nact, 1))
         goto out;
     for (int r = 0; r < nact; r++) {
         cur[r] = bos;
         rd_init(&st[act[r]].rd, st[act[r]].words, st[act[r]].n_words);
     }
     while (nact) {
-        forward(m, c, c->fill, 1, cur, 1, logits, (size_t)V, &S);
-        c->fill++;
-        for (int r = 0; r < nact; r++)
-            freqs_row(m, logits + (size_t)r * V, fr + (size_t)r * V);
-        /* a group's active streams are consecutive rows: mix them */
+        /* a group's active streams are consecutive rows: their mixer
+         * predicts from what they coded so far, then mixes each row's table
+         * in the step's chunks */
         for (int r0 = 0, r1; r0 < nact; r0 = r1) {
             int g = st[act[r0]].group;
             r1 = run_end(st, act, nact, r0);
-            if (g < 0)
-                continue;
-            for (int r = r0; r < r1; r++)
-                ids[r] = act[r] - groups[g].start;
-            if (mix_tables(groups[g].ms, fr + (size_t)r0 * V, ids + r0, r1 - r0) < 0)
+            for (int r = r0; r < r1; r++) {
+                mix[r] = g < 0 ? NULL : groups[g].ms;
+                ids[r] = g < 0 ? 0 : act[r] - groups[g].start;
+                at[r] = r - r0;
+            }
+            if (g >= 0 && mix_prepare(groups[g].ms, r1 - r0) < 0)
                 goto out;
         }
+        job.pos0 = c->fill;
+        if (nact < job.B) {          /* streams ended: the chunks split the rest */
+            job.B = nact;
+            job.chunks = job.chunks < nact ? job.chunks : nact;
+        }
+        team_run(step_chunk, &job, job.chunks);
+        c->fill++;
         int nk = 0;
         for (int r = 0; r < nact; r++) {
             DStream *d = &st[act[r]];
@@ -1277,14 +1370,15 @@ static int decode_loop(const Model *m, Cache *c, DStream *st, int *act, int nact
     }
     rc = 0;
 out:
-    if (S.x)
-        scratch_free(&S);
+    step_scratch_free(&job);
     free(cur);
     free(logits);
     free(fr);
     free(ids);
     free(syms);
     free(keep);
+    free(at);
+    free(mix);
     return rc;
 }
 
@@ -1429,6 +1523,24 @@ static PyObject *core_simd_paths(PyObject *mod, PyObject *noargs)
     return out;
 }
 
+static PyObject *core_threads(PyObject *mod, PyObject *args)
+{
+    /* threads() -> the threads a step runs on; threads(k) asks for k (the
+     * calling thread and k - 1 helpers): same integers, less time */
+    int n = 0;
+    if (!PyArg_ParseTuple(args, "|i", &n))
+        return NULL;
+    if (PyTuple_GET_SIZE(args) && (n < 1 || n > 64)) {
+        PyErr_SetString(PyExc_ValueError, "threads must be 1 .. 64");
+        return NULL;
+    }
+    int k;
+    Py_BEGIN_ALLOW_THREADS        /* waits for a step under way in another thread */
+    k = team_threads(n);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(k);
+}
+
 static PyMethodDef Model_methods[] = {
     {"freqs", (PyCFunction)Model_freqs, METH_VARARGS, "Integer frequency tables of logits."},
     {"decode", (PyCFunction)Model_decode, METH_VARARGS, "Decode a batch of streams."},
@@ -1473,6 +1585,7 @@ static PyTypeObject CacheType = {
 static PyMethodDef core_methods[] = {
     {"simd", core_simd, METH_VARARGS, "The SIMD path in use; simd(name) switches."},
     {"simd_paths", core_simd_paths, METH_NOARGS, "The SIMD paths this CPU can run."},
+    {"threads", core_threads, METH_VARARGS, "Threads a step runs on; threads(k) sets them."},
     {NULL}
 };
 

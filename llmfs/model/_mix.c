@@ -243,50 +243,47 @@ static int ngram_flush(NGrams *g, int V)
     return 0;
 }
 
-static int ngram_mix(NGrams *g, int64_t *tables, const int *ids, int rows, int V)
+static void ngram_mix_row(NGrams *g, int64_t *t, int i, int r, int V)
 {
-    /* NGramGroup.mix: tables[rows][V] in place */
-    if (ngram_flush(g, V) < 0)
-        return -1;
-    for (int r = 0; r < rows; r++) {
-        int i = ids[r], np = g->n_prev[i];
-        int64_t *cnt = g->counts[r], *w = g->w[r], coef[1 + N_CTX], w0 = ONE;
-        cnt[0] = g->n;
-        for (int j = 0; j < N_CTX; j++) {
-            int k = CONTEXTS[j];
-            int64_t *at = NULL;
-            if (np >= k) {
-                uint64_t a, b;
-                key_of(g->prev[i] + np - k, k, &a, &b);
-                at = map_get(&g->follow[j], a, b);
-            }
-            g->found[r][j] = at ? *at : -1;
-            cnt[1 + j] = at ? g->entries[*at].seen : 0;
+    /* NGramGroup.mix for row r (stream i), table t[V] in place, once the
+     * step's pending counts are flushed: reads the shared counts, writes only
+     * row r's records, so rows may be mixed on any threads */
+    int np = g->n_prev[i];
+    int64_t *cnt = g->counts[r], *w = g->w[r], coef[1 + N_CTX], w0 = ONE;
+    cnt[0] = g->n;
+    for (int j = 0; j < N_CTX; j++) {
+        int k = CONTEXTS[j];
+        int64_t *at = NULL;
+        if (np >= k) {
+            uint64_t a, b;
+            key_of(g->prev[i] + np - k, k, &a, &b);
+            at = map_get(&g->follow[j], a, b);
         }
-        for (int c = 0; c < 1 + N_CTX; c++) {
-            w[c] = cnt[c] > 0 ? g->weights[i][c] : 0;
-            w0 -= w[c];
-            coef[c] = w[c] * g->total / (cnt[c] > 0 ? cnt[c] : 1);
-        }
-        int64_t *t = tables + (size_t)r * V, sum = 0;
-        for (int v = 0; v < V; v++)
-            t[v] = ((t[v] * w0) >> 16) + ((g->uni[v] * coef[0]) >> 16);
-        for (int j = 0; j < N_CTX; j++) {
-            if (g->found[r][j] < 0)
-                continue;
-            const Entry *e = &g->entries[g->found[r][j]];
-            for (int f = 0; f < e->toks.n; f++)
-                t[e->toks.v[f]] += ((int64_t)e->counts.v[f] * coef[1 + j]) >> 16;
-        }
-        int top = 0;
-        for (int v = 0; v < V; v++) {
-            sum += t[v];
-            if (t[v] > t[top])
-                top = v;
-        }
-        t[top] += g->total - sum;
+        g->found[r][j] = at ? *at : -1;
+        cnt[1 + j] = at ? g->entries[*at].seen : 0;
     }
-    return 0;
+    for (int c = 0; c < 1 + N_CTX; c++) {
+        w[c] = cnt[c] > 0 ? g->weights[i][c] : 0;
+        w0 -= w[c];
+        coef[c] = w[c] * g->total / (cnt[c] > 0 ? cnt[c] : 1);
+    }
+    int64_t sum = 0;
+    for (int v = 0; v < V; v++)
+        t[v] = ((t[v] * w0) >> 16) + ((g->uni[v] * coef[0]) >> 16);
+    for (int j = 0; j < N_CTX; j++) {
+        if (g->found[r][j] < 0)
+            continue;
+        const Entry *e = &g->entries[g->found[r][j]];
+        for (int f = 0; f < e->toks.n; f++)
+            t[e->toks.v[f]] += ((int64_t)e->counts.v[f] * coef[1 + j]) >> 16;
+    }
+    int top = 0;
+    for (int v = 0; v < V; v++) {
+        sum += t[v];
+        if (t[v] > t[top])
+            top = v;
+    }
+    t[top] += g->total - sum;
 }
 
 static int ngram_learn(NGrams *g, const int *ids, const int64_t *matched, const int *syms,
@@ -603,26 +600,38 @@ static int reserve_rows(MixState *ms, int rows)
     return 0;
 }
 
-int mix_tables(MixState *ms, int64_t *freqs, const int *ids, int rows)
+int mix_prepare(MixState *ms, int rows)
 {
-    int V = ms->V;
     if (ms->version == MODEL_ALONE)
         return 0;
     if (reserve_rows(ms, rows) < 0 || match_predict(ms->match, ms->n) < 0)
         return -1;
+    return ms->ngram ? ngram_flush(ms->ngram, ms->V) : 0;
+}
+
+void mix_row(MixState *ms, int64_t *t, int i, int r)
+{
+    int V = ms->V;
+    if (ms->version == MODEL_ALONE)
+        return;
     Matches *mt = ms->match;
-    for (int r = 0; r < rows; r++) {
-        int i = ids[r];
-        if (mt->guess_len[i]) {
-            int64_t *t = freqs + (size_t)r * V;
-            int64_t p = conf_prob(&mt->conf[i], mt->guess_len[i], t[mt->guess_tok[i]]);
-            match_mix(t, V, mt->guess_tok[i], p);
-        }
+    if (mt->guess_len[i]) {     /* conf_prob notes its contexts in stream i's record */
+        int64_t p = conf_prob(&mt->conf[i], mt->guess_len[i], t[mt->guess_tok[i]]);
+        match_mix(t, V, mt->guess_tok[i], p);
     }
-    if (!ms->ngram)
-        return 0;
-    memcpy(ms->matched, freqs, (size_t)rows * V * sizeof(int64_t));
-    return ngram_mix(ms->ngram, freqs, ids, rows, V);
+    if (ms->ngram) {
+        memcpy(ms->matched + (size_t)r * V, t, (size_t)V * sizeof(int64_t));
+        ngram_mix_row(ms->ngram, t, i, r, V);
+    }
+}
+
+int mix_tables(MixState *ms, int64_t *freqs, const int *ids, int rows)
+{
+    if (mix_prepare(ms, rows) < 0)
+        return -1;
+    for (int r = 0; r < rows; r++)
+        mix_row(ms, freqs + (size_t)r * ms->V, ids[r], r);
+    return 0;
 }
 
 int mix_learn(MixState *ms, const int *ids, const int *syms, int rows)

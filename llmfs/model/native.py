@@ -55,6 +55,16 @@ def simd(path: str | None = None) -> str:
     return _core.simd(path) if path else _core.simd()
 
 
+def threads(n: int | None = None) -> int:
+    """The threads one decode step or encoder chunk of the core runs on in
+    this process; *n* sets them (the calling thread and n - 1 helpers, which
+    split a block's streams).  Any count gives the same integers; 1 (the
+    default) leaves the other cores to other processes."""
+    if _core is None:
+        return 1
+    return _core.threads(n) if n else _core.threads()
+
+
 def choose(model: LanguageModel) -> Engine | NativeEngine:
     """The engine to run *model* with, as LLMFS_ENGINE says."""
     choice = wanted()
