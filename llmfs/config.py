@@ -27,6 +27,7 @@ class Config:
     write_zstd_level: int = 1         # zstd level of fresh writes (fast tier)
     readahead_blocks: int = 16        # llm blocks decoded in one batch on sequential reads
     decode_workers: int = 1           # model processes for decoding (0: in the FUSE process)
+    decode_prestart: bool = True      # start them at mount, not at the first model-coded read
     compact: bool = True              # re-encode cold blocks with the model inside the daemon
     compact_after_s: float = 600.0    # a block is cold once it was written this long ago
     compact_interval_s: float = 10.0  # pause between compactor rounds when idle

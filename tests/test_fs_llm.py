@@ -68,3 +68,39 @@ def test_llm_blocks_read_back_with_readahead(tmp_path, model):
         assert m.path("gpl.txt").read_bytes() == data[:5000] + b"EDIT" + data[5004:]
     finally:
         m.stop()
+
+
+def model_workers(pid: int) -> list[int]:
+    """The model worker processes (multiprocessing spawns) of process *pid*."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    workers = []
+    for k in kids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes():
+                workers.append(k)
+        except OSError:
+            continue
+    return workers
+
+
+def test_the_model_worker_starts_at_mount(tmp_path):
+    """decode_prestart (default): the decode worker is up before any read, so a
+    cold read does not wait for it; off, none starts until a read needs one."""
+    for options, want in (("compact=false", 1), ("compact=false,decode_prestart=false", 0)):
+        (tmp_path / str(want)).mkdir()
+        m = Mounted(tmp_path / str(want), options=options)
+        m.mkfs()
+        m.start()
+        try:
+            deadline = time.time() + 30
+            while len(model_workers(m.proc.pid)) < want and time.time() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)
+            assert len(model_workers(m.proc.pid)) == want, options
+        finally:
+            m.stop()

@@ -94,6 +94,13 @@ class BlockCodec:
         return cls(models[0] if models else None, extra_models=tuple(models[1:]),
                    workers=workers, encoders=encoders)
 
+    def start(self) -> None:
+        """Start the worker processes of the first encoding model (the one
+        most frames name) before any block needs them."""
+        first = self.llm.get(self.encoders[0]) if self.encoders else None
+        if isinstance(first, LLMPool):
+            first.start()
+
     def close(self, abort: bool = False) -> None:
         """Stop the model workers (*abort*: without finishing work under way)."""
         for c in self.llm.values():

@@ -62,6 +62,11 @@ def _encode(job: tuple[bytes, float]) -> Coded | None:
     return _codec.encode(*job)
 
 
+def _ready(_: object) -> bool:
+    """A job that only makes its worker start (and load the model)."""
+    return _codec is not None
+
+
 def _decode(items: list[Coded]) -> list[list[int] | None]:
     """A read waits on this: the block's streams are split over the cores
     that the pool's other decode jobs leave idle (a lone cold read on two
@@ -126,6 +131,11 @@ class LLMPool:
                 if attempt == 2:
                     raise WorkerError("model workers died twice on one batch") from e
         raise AssertionError("unreachable")
+
+    def start(self) -> None:
+        """Start every worker now (each loads the model) instead of at the
+        first job, so that job does not wait for it."""
+        self._map(_ready, [None] * self.workers)
 
     def encode_many(self, jobs: list[tuple[bytes, float]]) -> list[Coded | None]:
         return self._map(_encode, jobs)

@@ -5,8 +5,9 @@ zstd and raw frames decode in the calling thread (microseconds).  llm frames
 go to the model in one batch per call, in worker processes, so a decode never
 holds the GIL the other FUSE threads need; a block another thread is already
 decoding is waited for, not decoded twice.  Readahead decodes in a background
-thread, after the block the reader asked for.  Models load on the first llm
-frame, so a store that holds none never pays for torch.
+thread, after the block the reader asked for.  The model worker starts at
+mount in the background (``decode_prestart``), or else on the first llm
+frame; the daemon process itself never imports torch.
 """
 from __future__ import annotations
 
@@ -70,6 +71,17 @@ class BlockReader:
                 else:
                     mine[key] = self._inflight[key] = Future()
         return mine, theirs
+
+    def prestart(self) -> None:
+        """Start the model worker in the background now (mount time), so the
+        first cold read does not wait for it to start and load the model."""
+        self._background.submit(self._prestart)
+
+    def _prestart(self) -> None:
+        try:
+            self._llm_codec([]).start()
+        except Exception as e:     # a read starts it again and reports what is wrong
+            log.warning("could not start the model worker at mount: %s", e)
 
     def busy(self, key: bytes) -> bool:
         """Whether block *key* is being decoded right now."""

@@ -148,6 +148,8 @@ class LLMFS(mfusepy.Operations):
         self.store = Store(self.store_path)
         self.bs = self.store.block_size
         self.reader = BlockReader(self.store, self.cache, self.config.decode_workers)
+        if self.config.decode_prestart and self.config.decode_workers:
+            self.reader.prestart()
         self.store.write(self._reap_orphans)
         self._flusher = threading.Thread(target=self._flush_loop, name="llmfs-flusher",
                                          daemon=True)
