@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -104,3 +106,37 @@ def test_the_model_worker_starts_at_mount(tmp_path):
             assert len(model_workers(m.proc.pid)) == want, options
         finally:
             m.stop()
+
+
+def test_model_workers_end_with_a_killed_daemon(tmp_path, model):
+    """kill -9 of the daemon while its worker decodes cannot stop the worker:
+    it notices its parent is gone and exits, instead of holding a model for
+    good (before, each kill left one behind)."""
+    m = Mounted(tmp_path, options="compact=false")
+    m.mkfs("--block-size", "4096")
+    m.start()
+    m.path("gpl.txt").write_bytes(SAMPLE[:40_000])
+    m.stop()
+    s = Store(m.store)
+    assert recompress(s, BlockCodec(model), s.read(lambda t: list(t.stored_blocks())))["llm"]
+    s.close()
+    m.start()
+    try:
+        deadline = time.time() + 30
+        while not model_workers(m.proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        workers = model_workers(m.proc.pid)
+        assert workers
+        reader = subprocess.Popen([sys.executable, "-c",
+                                   f"open({str(m.path('gpl.txt'))!r}, 'rb').read()"])
+        time.sleep(0.5)                      # the worker is decoding now
+        m.kill()
+        reader.kill()
+        reader.wait()
+        deadline = time.time() + 10
+        while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+        assert not alive, alive
+    finally:
+        m.stop()

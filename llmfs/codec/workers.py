@@ -10,7 +10,7 @@ process or thread count.
 A worker that dies (killed, out of memory) breaks a ProcessPoolExecutor for
 good; the pool then starts fresh workers and runs the batch once more, so
 reads heal without a remount.  A batch that kills its workers twice raises
-:class:`WorkerError`.
+:class:`WorkerError`.  A worker whose parent dies exits by itself.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,11 +43,22 @@ class WorkerError(RuntimeError):
     """A batch the model workers could not finish (they died on it twice)."""
 
 
+def _exit_with(parent: int) -> None:
+    """Ends this worker once the process that started it is gone: a daemon
+    killed (kill -9, out of memory) cannot stop its workers, and they would
+    otherwise wait on their job queue for good, each holding its model."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
 def _init(model_bytes: bytes, busy) -> None:
     """Runs in each worker: only workers build the engine.  With the native
     core they never import torch; a torch engine (strong tier, or no core)
     runs single-threaded."""
     global _codec, _busy
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True,
+                     name="llmfs-orphan-watch").start()
     os.environ["OMP_NUM_THREADS"] = "1"     # read when torch is first imported
     from ..model.modelfile import LanguageModel
     from .llm import LLMCodec
