@@ -118,14 +118,19 @@ def test_fsck_recounts_a_wrong_fill_and_reports_a_damaged_index_record(tmp_path)
     s.close()
 
 
-def _reader(m: Mounted, files: dict[str, bytes], stop: threading.Event, errors: list) -> None:
+def _reader(m: Mounted, files: dict[str, bytes], gen: dict[str, int], stop: threading.Event,
+            errors: list) -> None:
+    """Reads every file again and again; a file whose generation stayed the
+    same, and even (no replacement under way), over a read must read right."""
     while not stop.is_set():
-        for name, data in list(files.items()):
+        for name in list(files):
+            g0 = gen[name]
+            data = files.get(name)
             try:
                 got = m.path(name).read_bytes()
             except FileNotFoundError:
                 continue
-            if got != data and files.get(name) == data:   # not replaced while being read
+            if got != data and g0 == gen[name] and g0 % 2 == 0:
                 errors.append(name)
 
 
@@ -133,19 +138,22 @@ def test_pack_rewrites_under_concurrent_reads_and_writes_on_a_mount(tmp_path):
     files = {f"f{i}": b"".join(blocks(3, 100 + i)) for i in range(30)}
     m = cold_store(tmp_path, files, FAST)
     m.start()
-    stop, errors = threading.Event(), []
-    reader = threading.Thread(target=_reader, args=(m, files, stop, errors))
+    stop, errors, gen = threading.Event(), [], dict.fromkeys(files, 0)
+    reader = threading.Thread(target=_reader, args=(m, files, gen, stop, errors))
     try:
         wait_for(lambda: live(m).get("compact_packed", 0) >= 60)
         reader.start()
         rng = random.Random(5)
         for name in rng.sample(sorted(files), 20):            # most of every pack dies
+            gen[name] += 1                                    # odd: being replaced
             if rng.random() < 0.5:
                 os.unlink(m.path(name))
                 del files[name]
             else:
-                files[name] = b"".join(blocks(2, rng.randrange(1 << 30)))
-                m.path(name).write_bytes(files[name])
+                new = b"".join(blocks(2, rng.randrange(1 << 30)))
+                m.path(name).write_bytes(new)
+                files[name] = new
+            gen[name] += 1
         wait_for(lambda: live(m).get("compact_repacked", 0) > 0)
         time.sleep(1.0)
     finally:

@@ -1026,8 +1026,8 @@ static void freqs_row(const Model *m, const int64_t *l, int64_t *f);
 
 /* One step over the helper threads (_team.c): chunk i runs the forward pass
  * of the streams part(i) .. part(i + 1) with its own scratch and, when
- * decoding, their frequency tables.  The streams' rows are independent, so
- * any split gives the same integers. */
+ * decoding, their frequency tables, mixed.  The streams' rows are
+ * independent, so any split gives the same integers. */
 typedef struct {
     const Model *m;
     Cache *c;
