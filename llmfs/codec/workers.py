@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 _CORES = len(os.sched_getaffinity(0))
+# Threads one decode job may take: a 64 KiB block is ~14 streams, split two per
+# thread, and idle helpers still watch for each step for a moment (measured here on
+# two cores only; more threads than this would mostly watch).
+_MAX_THREADS = 4
 _codec: LLMCodec | None = None
 _busy = None        # in a worker: the pool's count of decode jobs under way (shared)
 
@@ -89,7 +93,7 @@ def _decode(items: list[Coded]) -> list[list[int] | None]:
         _busy.value += 1
         running = _busy.value
     try:
-        native.threads(max(1, _CORES // running))
+        native.threads(max(1, min(_MAX_THREADS, _CORES // running)))
         return _codec.decode_many(items)
     finally:
         with _busy.get_lock():
