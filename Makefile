@@ -46,7 +46,8 @@ demo: $(STAMP)
 	  test -z "$$s" && echo "filesystem round trip OK (mkfs, mount, copy, compact, fsck, remount, compare)"
 
 # The tests but the slow ones (store learning, llmfs train, the strong tier's text
-# generation: about 5 minutes more, `make test-slow`; `make test-all` runs both).
+# generation, two daemon/Ray cluster cases, compact --upgrade after a model change:
+# about 6 minutes more, `make test-slow`; `make test-all` runs both).
 test: $(STAMP)
 	command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -q --no-install-recommends prometheus)   # checks the metrics file

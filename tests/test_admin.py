@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from llmfs.codec.frame import Codec, Frame
 from llmfs.store import Store
 
@@ -149,6 +151,7 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     assert "tried 0 zstd/LZMA/PPMd and older llm blocks" in again.stdout, again.stdout
 
 
+@pytest.mark.slow     # make test stays under 15 minutes
 def test_compact_upgrade_recodes_llm_blocks_of_a_model_no_longer_preferred(tmp_path, model):
     """When a better model comes first among the encoders (store learning, or
     llmfs train), --upgrade tries it on llm blocks another model coded: each

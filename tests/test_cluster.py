@@ -122,6 +122,7 @@ def test_compact_through_the_cluster_and_without_ray(tmp_path):
     assert r.returncode == 1 and "pip install 'llmfs[cluster]'" in r.stderr, r.stderr
 
 
+@pytest.mark.slow     # a Ray start per test: make test stays under 15 minutes
 def test_the_daemon_compacts_on_the_cluster_and_refuses_to_mount_without_ray(tmp_path):
     m = Mounted(tmp_path, options="compact_after_s=0,compact_interval_s=0.2,compact_batch=8,"
                                   "compact_yield_s=0,learn=false,compact_cluster=local:1")
@@ -142,6 +143,7 @@ def test_the_daemon_compacts_on_the_cluster_and_refuses_to_mount_without_ray(tmp
     assert r.returncode == 1 and "pip install 'llmfs[cluster]'" in r.stderr, r.stderr
 
 
+@pytest.mark.slow     # a Ray start per test: make test stays under 15 minutes
 def test_cancelling_a_cluster_compaction_leaves_the_store_consistent(tmp_path):
     data = (SAMPLE * 8)[:64 * 4096]
     m = Mounted(tmp_path, options="compact=false")
