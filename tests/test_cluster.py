@@ -33,6 +33,14 @@ def llmfs(*args: str) -> subprocess.CompletedProcess:
                           text=True)
 
 
+def without_ray(*args: str) -> subprocess.CompletedProcess:
+    """``llmfs(*args)`` in a process where ``import ray`` fails, as on a
+    machine without the cluster extra."""
+    code = ("import sys; sys.modules['ray'] = None; from llmfs.cli import main; "
+            f"main({list(args)!r})")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from llmfs.cluster import connect
@@ -116,9 +124,7 @@ def test_compact_through_the_cluster_and_without_ray(tmp_path):
         frames.append(s.read(lambda t: sorted(t.all_frames())))
         s.close()
     assert frames[0] == frames[1] and len(frames[0]) == 7         # the same bytes, packed
-    code = ("import sys; sys.modules['ray'] = None; from llmfs.cli import main; "
-            f"main(['compact', {str(twin)!r}, '--cluster', 'local:2'])")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = without_ray("compact", str(twin), "--cluster", "local:2")
     assert r.returncode == 1 and "pip install 'llmfs[cluster]'" in r.stderr, r.stderr
 
 
@@ -137,9 +143,7 @@ def test_the_daemon_compacts_on_the_cluster_and_refuses_to_mount_without_ray(tmp
         assert m.path("gpl").read_bytes() == SAMPLE[:6 * 4096]
     finally:
         m.stop()
-    code = ("import sys; sys.modules['ray'] = None; from llmfs.cli import main; "
-            f"main(['mount', {str(m.store)!r}, {str(m.mnt)!r}, '-o', 'compact_cluster=local:1'])")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = without_ray("mount", str(m.store), str(m.mnt), "-o", "compact_cluster=local:1")
     assert r.returncode == 1 and "pip install 'llmfs[cluster]'" in r.stderr, r.stderr
 
 

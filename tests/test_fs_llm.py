@@ -16,6 +16,7 @@ from llmfs.compactor import recompress
 from llmfs.store import Store
 
 from conftest import Mounted
+from test_compactor import wait_for
 
 SAMPLE = (Path(__file__).resolve().parent.parent / "llmfs" / "samples" / "GPL-3.txt").read_bytes()
 
@@ -99,9 +100,7 @@ def test_the_model_worker_starts_at_mount(tmp_path):
         m.mkfs()
         m.start()
         try:
-            deadline = time.time() + 30
-            while len(model_workers(m.proc.pid)) < want and time.time() < deadline:
-                time.sleep(0.1)
+            wait_for(lambda: len(model_workers(m.proc.pid)) >= want, 30)
             time.sleep(1.0)
             assert len(model_workers(m.proc.pid)) == want, options
         finally:
@@ -122,21 +121,14 @@ def test_model_workers_end_with_a_killed_daemon(tmp_path, model):
     s.close()
     m.start()
     try:
-        deadline = time.time() + 30
-        while not model_workers(m.proc.pid) and time.time() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: model_workers(m.proc.pid), 30)
         workers = model_workers(m.proc.pid)
-        assert workers
         reader = subprocess.Popen([sys.executable, "-c",
                                    f"open({str(m.path('gpl.txt'))!r}, 'rb').read()"])
         time.sleep(0.5)                      # the worker is decoding now
         m.kill()
         reader.kill()
         reader.wait()
-        deadline = time.time() + 10
-        while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
-            time.sleep(0.1)
-        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
-        assert not alive, alive
+        wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)
     finally:
         m.stop()

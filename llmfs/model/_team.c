@@ -188,13 +188,12 @@ static int start_helpers(void)
 
 void team_run(team_fn fn, void *arg, int n)
 {
-    if (n <= 1 || team.wanted == 0 || pthread_mutex_trylock(&team.use) != 0) {
-        for (int i = 0; i < n; i++)
-            fn(arg, i);
-        return;
-    }
-    if (start_helpers() == 0) {
+    int alone = n <= 1 || team.wanted == 0 || pthread_mutex_trylock(&team.use) != 0;
+    if (!alone && start_helpers() == 0) {
         pthread_mutex_unlock(&team.use);
+        alone = 1;
+    }
+    if (alone) {
         for (int i = 0; i < n; i++)
             fn(arg, i);
         return;
