@@ -48,9 +48,12 @@ demo: $(STAMP)
 # The tests but the slow ones (store learning, llmfs train, the strong tier's text
 # generation, two daemon/Ray cluster cases, compact --upgrade after a model change:
 # about 6 minutes more, `make test-slow`; `make test-all` runs both).
+# promtool checks the metrics file; the arm64 cross compiler and qemu check the NEON kernels.
 test: $(STAMP)
-	command -v promtool >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -q --no-install-recommends prometheus)   # checks the metrics file
+	command -v promtool >/dev/null && command -v qemu-aarch64 >/dev/null && \
+	  command -v aarch64-linux-gnu-gcc >/dev/null || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+	  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 test-slow: $(STAMP)
