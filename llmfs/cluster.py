@@ -34,7 +34,7 @@ from collections import Counter
 
 from .codec.frame import Codec, Frame, FrameError, checksum
 from .codec.plain import add_dictionary, decode_plain, dictionary_data
-from .codec.policy import BlockCodec
+from .codec.policy import BlockCodec, Policy
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +80,22 @@ _WORKER_CODECS: dict[tuple, BlockCodec] = {}   # in each worker process, built o
 
 
 def encode_task(models: list[bytes], encoders: int, device: str, blocks: list[bytes],
-                dictionary: tuple[bytes, bytes] | None) -> tuple[str, list[bytes]]:
+                dictionary: tuple[bytes, bytes] | None,
+                policy: Policy = Policy()) -> tuple[str, list[bytes]]:
     """Runs on a worker: the frames of *blocks* by the policy local compaction
     uses, and who made them (host:pid, for the log when they are refused)."""
-    key = (tuple(hashlib.blake2b(m, digest_size=8).digest() for m in models), encoders, device)
+    key = (tuple(hashlib.blake2b(m, digest_size=8).digest() for m in models), encoders, device,
+           policy)
     codec = _WORKER_CODECS.get(key)
     if codec is None:
         if device == "cpu":
-            codec = BlockCodec.from_model_files(models, 0, encoders)
+            codec = BlockCodec.from_model_files(models, 0, encoders, policy)
         else:
             from .model.modelfile import LanguageModel
 
             loaded = [LanguageModel.from_bytes(m, device) for m in models]
-            codec = BlockCodec(loaded[0], extra_models=tuple(loaded[1:]), encoders=encoders)
+            codec = BlockCodec(loaded[0], policy, extra_models=tuple(loaded[1:]),
+                               encoders=encoders)
         _WORKER_CODECS[key] = codec
     did = None
     if dictionary is not None:
@@ -151,7 +154,7 @@ class ClusterCodec:
             while todo and len(pending) < self.inflight:
                 part = todo.pop(0)
                 ref = self._task.remote(self._models, self._encoders, self.device,
-                                        [blocks[i] for i in part], d)
+                                        [blocks[i] for i in part], d, self.local.policy)
                 pending[ref] = part
             done, _ = ray.wait(list(pending), num_returns=1)
             part = pending.pop(done[0])

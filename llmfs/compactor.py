@@ -27,7 +27,7 @@ from collections.abc import Callable
 from .codec.frame import VERSION, Codec, Frame, FrameError, Head
 from .codec.plain import decode_plain, frame_codec
 from .cluster import ClusterCodec
-from .codec.policy import BlockCodec, encoder_tag
+from .codec.policy import BlockCodec, Policy, encoder_tag
 from .config import Config
 from .dictionaries import Sampler
 from .learner import Learner
@@ -127,12 +127,18 @@ def recompress(store: Store, codec: BlockCodec | ClusterCodec, keys: list[bytes]
     return stats
 
 
+def policy_of(config: Config) -> Policy:
+    """The codec policy a store's compaction runs with (its settings)."""
+    return Policy(use_zpaq=config.compact_zpaq)
+
+
 def recompress_plain(store: Store, keys: list[bytes], tag: bytes,
-                     lock: threading.RLock | None = None) -> Counter[str]:
+                     lock: threading.RLock | None = None,
+                     policy: Policy = Policy()) -> Counter[str]:
     """Code blocks *keys* again without the model (zstd with the store's new
-    dictionary, LZMA, PPMd), keeping a frame only if smaller; blocks stay
+    dictionary, LZMA, PPMd, ZPAQ), keeping a frame only if smaller; blocks stay
     marked with *tag*, the encoding models that already lost on them."""
-    with BlockCodec(None) as plain:
+    with BlockCodec(None, policy) as plain:
         return recompress(store, plain, keys, lock, tag=tag)
 
 
@@ -232,7 +238,7 @@ class Compactor:
         """The codec rounds encode with: here, or on the Ray cluster of
         ``compact_cluster`` (decoding and verifying still here)."""
         local = BlockCodec.from_model_files(self.model_files, self.config.compact_workers,
-                                            self.encoders)
+                                            self.encoders, policy_of(self.config))
         if not self.config.compact_cluster:
             return local
         try:
@@ -253,7 +259,7 @@ class Compactor:
         keys = self.sampler.train()
         if keys:
             self.stats["compact_dictionary_blocks"] += recompress_plain(
-                self.store, keys, self.tag, self.lock)["fallback"]
+                self.store, keys, self.tag, self.lock, policy_of(self.config))["fallback"]
             self.stats["dictionaries"] += 1
 
     def round(self) -> bool:

@@ -36,6 +36,7 @@ class Config:
     compact_cpu_share: float = 0.5    # fraction of wall time the compactor may encode
     compact_yield_s: float = 1.0      # no round starts within this long of a read or write
     compact_upgrade: bool = True      # also re-code llm blocks of older formats / other models
+    compact_zpaq: bool = True         # also try ZPAQ where the model did not win (slow to read)
     pack_kib: int = 256               # cold frames are kept in packs of about this size
     compact_cluster: str = ""         # Ray cluster address the compactor encodes on ("" = here)
     compact_cluster_device: str = "cpu"   # ... on its CPUs or GPUs ("cuda")

@@ -106,19 +106,41 @@ def test_compact_does_not_retry_blocks_the_models_cannot_shrink(tmp_path):
     assert llmfs("mkfs", str(store), "--block-size", "16384").returncode == 0
     assert llmfs("import", str(src), str(store)).returncode == 0
     first = llmfs("compact", str(store))
-    assert first.returncode == 0 and "tried 2 zstd/LZMA/PPMd blocks" in first.stdout, \
+    assert first.returncode == 0 and "tried 2 zstd/LZMA/PPMd/ZPAQ blocks" in first.stdout, \
         first.stdout
     assert "0 now llm" in first.stdout
     again = llmfs("compact", str(store))
-    assert "tried 0 zstd/LZMA/PPMd blocks" in again.stdout and "2 skipped" in again.stdout, again.stdout
+    assert "tried 0 zstd/LZMA/PPMd/ZPAQ blocks" in again.stdout and "2 skipped" in again.stdout, again.stdout
     forced = llmfs("compact", str(store), "--retry")
-    assert "tried 2 zstd/LZMA/PPMd blocks" in forced.stdout, forced.stdout
+    assert "tried 2 zstd/LZMA/PPMd/ZPAQ blocks" in forced.stdout, forced.stdout
     s = Store(store, readonly=True)
     files, n = s.read(lambda t: t.codec_models())
     tag = encoder_tag([model_id(d)[:8] for d in files[:n]])
     assert s.read(lambda t: cold_blocks(t, b"", 10, 1 << 62, tag))[0] == []
     assert len(s.read(lambda t: cold_blocks(t, b"", 10, 1 << 62, b"other model"))[0]) == 2
     s.close()
+
+
+def test_compact_zpaq_setting_decides_whether_zpaq_is_tried(tmp_path):
+    """Binary records the model does not win: ZPAQ by default, LZMA/PPMd/zstd
+    with compact_zpaq = false; both read back the same bytes."""
+    records = (Path(__file__).parent / "data" / "records.bin").read_bytes()
+    off = tmp_path / "off.toml"
+    off.write_text("compact_zpaq = false\n")
+    for name, extra, want in (("on", (), {Codec.ZPAQ}), ("off", ("--config", str(off)), None)):
+        store, src, dst = tmp_path / name, tmp_path / f"src-{name}", tmp_path / f"dst-{name}"
+        src.mkdir()
+        (src / "records").write_bytes(records)
+        assert llmfs("mkfs", str(store)).returncode == 0
+        assert llmfs("import", str(src), str(store)).returncode == 0
+        r = llmfs("compact", str(store), *extra)
+        assert r.returncode == 0, r.stderr
+        s = Store(store, readonly=True)
+        codecs = s.read(lambda t: {Frame.unpack(f).codec for _, f in t.all_frames()})
+        s.close()
+        assert codecs == want if want else Codec.ZPAQ not in codecs and codecs, codecs
+        assert llmfs("export", str(store), str(dst)).returncode == 0
+        assert (dst / "records").read_bytes() == records
 
 
 def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, monkeypatch):
@@ -137,9 +159,9 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     assert [(Frame.unpack(f).codec, Frame.unpack(f).version) for f in old] == [(Codec.LLM, MATCH)] * 2
 
     plain = llmfs("compact", str(store))
-    assert plain.returncode == 0 and "tried 0 zstd/LZMA/PPMd blocks" in plain.stdout, plain.stdout
+    assert plain.returncode == 0 and "tried 0 zstd/LZMA/PPMd/ZPAQ blocks" in plain.stdout, plain.stdout
     up = llmfs("compact", str(store), "--upgrade", "--workers", "1")
-    assert "tried 2 zstd/LZMA/PPMd and older llm blocks" in up.stdout, up.stdout + up.stderr
+    assert "tried 2 zstd/LZMA/PPMd/ZPAQ and older llm blocks" in up.stdout, up.stdout + up.stderr
     assert "2 llm re-coded smaller" in up.stdout, up.stdout
     s = Store(store, readonly=True)
     new = s.read(lambda t: [t.frame(k) for k in keys])
@@ -148,7 +170,7 @@ def test_compact_upgrade_recodes_llm_blocks_of_an_older_format(tmp_path, model, 
     assert sum(map(len, new)) < sum(map(len, old))
     assert BlockCodec(model).decode_blocks(new) == raws
     again = llmfs("compact", str(store), "--upgrade")
-    assert "tried 0 zstd/LZMA/PPMd and older llm blocks" in again.stdout, again.stdout
+    assert "tried 0 zstd/LZMA/PPMd/ZPAQ and older llm blocks" in again.stdout, again.stdout
 
 
 @pytest.mark.slow     # make test stays under 15 minutes
@@ -179,7 +201,7 @@ def test_compact_upgrade_recodes_llm_blocks_of_a_model_no_longer_preferred(tmp_p
     first = s.write(prefer_other)
     s.close()
     up = llmfs("compact", str(store), "--upgrade", "--workers", "1")
-    assert "tried 2 zstd/LZMA/PPMd and older llm blocks" in up.stdout, up.stdout + up.stderr
+    assert "tried 2 zstd/LZMA/PPMd/ZPAQ and older llm blocks" in up.stdout, up.stdout + up.stderr
     s = Store(store, readonly=True)
     after = s.read(lambda t: [t.frame(k) for k in keys])
     s.close()
@@ -189,7 +211,7 @@ def test_compact_upgrade_recodes_llm_blocks_of_a_model_no_longer_preferred(tmp_p
     assert BlockCodec(model).decode_blocks(before) == \
         BlockCodec.from_model_files([other, model.data]).decode_blocks(after)
     again = llmfs("compact", str(store), "--upgrade")
-    assert "tried 0 zstd/LZMA/PPMd and older llm blocks" in again.stdout, again.stdout
+    assert "tried 0 zstd/LZMA/PPMd/ZPAQ and older llm blocks" in again.stdout, again.stdout
 
 
 def test_stats_of_paths_in_a_mount_count_shared_blocks_once_and_watch_streams(tmp_path):

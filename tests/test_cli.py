@@ -149,7 +149,8 @@ def test_unsupported_version(packed, run, tmp_path):
 
 @pytest.mark.parametrize("source, packed, model, current", [
     ("text.txt", "default.llmz", None, False), ("code.go", "starter.llmz", "starter", False),
-    ("code.go", "match.llmz", None, False), ("code.go", "ngram.llmz", "technical", True)])
+    ("code.go", "match.llmz", None, False), ("code.go", "ngram.llmz", "technical", True),
+    ("records.bin", "zpaq.llmz", None, False)])
 def test_golden_files_of_an_earlier_engine(run, tmp_path, source, packed, model, current):
     """Files an earlier engine wrote (tests/data/README.md) decode; the *current*
     format's file is also what the same input still encodes to: no engine or

@@ -86,12 +86,12 @@ def test_a_worker_killed_mid_batch_loses_nothing(cluster_codec, model):
 
 
 def test_a_frame_that_does_not_decode_drops_its_workers_results(cluster_codec, caplog):
-    def liar_task(models, encoders, device, blocks, dictionary):
+    def liar_task(models, encoders, device, blocks, dictionary, policy):
         """A worker that flips a bit in the payload of its first frame (defined
         here: the workers cannot import the test module, so Ray ships it by value)."""
         from llmfs.cluster import encode_task
 
-        who, frames = encode_task(models, encoders, device, blocks, dictionary)
+        who, frames = encode_task(models, encoders, device, blocks, dictionary, policy)
         bad = bytearray(frames[0])
         bad[-1] ^= 1
         return who, [bytes(bad)] + frames[1:]

@@ -1,12 +1,15 @@
 """encode_blocks / decode_blocks: smallest verified frame, exact round trips."""
 import os
 import random
+import struct
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import PROSE, TEXT, x86_like
+from llmfs.codec import plain, policy
 from llmfs.codec.frame import Codec, Frame
 from llmfs.codec.policy import BlockCodec, Policy
 
@@ -89,8 +92,8 @@ def test_lzma_fallback_where_it_beats_zstd_with_the_x86_filter_on_code():
     code = x86_like(6000)
     codec = BlockCodec(None)
     frame = Frame.unpack(codec.encode_blocks([code])[0])
-    zstd_only = Frame.unpack(BlockCodec(None, Policy(use_lzma=False, use_ppmd=False))
-                             .encode_blocks([code])[0])
+    zstd_only = Frame.unpack(BlockCodec(None, Policy(use_lzma=False, use_ppmd=False,
+                                                     use_zpaq=False)).encode_blocks([code])[0])
     assert frame.codec == Codec.LZMA and zstd_only.codec == Codec.ZSTD
     assert frame.payload[0] == 1                      # the x86 chain won
     assert len(frame.payload) < 0.9 * len(zstd_only.payload)
@@ -115,3 +118,47 @@ def test_ppmd_fallback_is_kept_where_it_wins_and_damage_is_an_error():
     for bad in (bytes([1]) + p[1:], p[:1] + bytes([60]) + p[2:], p[:40], p[:2] + bytes([p[2] ^ 1]) + p[3:]):
         damaged = Frame(Codec.PPMD, frame.raw_len, frame.digest, bad).pack()
         assert isinstance(codec.decode_each([damaged])[0], ValueError)
+
+
+def test_zpaq_fallback_where_it_beats_lzma_and_damage_is_an_error(codec, monkeypatch):
+    rng = random.Random(1)     # a table of binary records: ZPAQ about half of LZMA
+    code = b"".join(struct.pack("<IHhf", i * 7, rng.randrange(50), rng.randrange(-5, 5), i / 2)
+                    for i in range(5000))
+    plain_codec = BlockCodec(None)
+    frame = Frame.unpack(plain_codec.encode_blocks([code])[0])
+    lzma_only = Frame.unpack(BlockCodec(None, Policy(use_zpaq=False)).encode_blocks([code])[0])
+    assert frame.codec == Codec.ZPAQ and lzma_only.codec == Codec.LZMA
+    assert len(frame.payload) < (1 - Policy().zpaq_gain) * len(lzma_only.payload)
+    assert plain_codec.counters["blocks_zpaq"] == 1
+    assert plain_codec.decode_blocks([frame.pack()]) == [code]
+    # kept only when it saves zpaq_gain of the frame
+    assert Frame.unpack(BlockCodec(None, Policy(zpaq_gain=0.9)).encode_blocks([code])[0]).codec \
+        == Codec.LZMA
+    # never tried on what the model won, nor on frames too small to gain
+    calls = []
+    monkeypatch.setattr(policy, "zpaq_payload", lambda raw: calls.append(raw) or b"")
+    prose = (Path(__file__).parent.parent / "docs" / "USAGE.md").read_bytes()[:8000]
+    won = codec.encode_blocks([prose, bytes(3000)])
+    assert codecs_of(won)[0] == Codec.LLM and len(won[0]) > 1024 and calls == []
+    monkeypatch.undo()
+    # damaged: a wrong tag, a header asking for 2**30-word arrays, a cut or flipped
+    # stream -- errors, never wrong bytes (nor a decoder allocating gigabytes)
+    p = frame.payload
+    decoded = []
+    monkeypatch.setattr(plain.zpaq, "decompress", lambda b: decoded.append(b) or code)
+    for bad in (b"X" + p[1:], p[:20] + bytes([30]) + p[21:]):
+        damaged = Frame(Codec.ZPAQ, frame.raw_len, frame.digest, bad).pack()
+        assert isinstance(codec.decode_each([damaged])[0], ValueError)
+    assert decoded == []
+    monkeypatch.undo()
+    rng = random.Random(5)
+    for _ in range(12):
+        b = bytearray(p)
+        if rng.random() < 0.3:
+            b = b[:rng.randrange(len(b))]
+        else:
+            for _ in range(rng.randint(1, 3)):
+                b[rng.randrange(24, len(b))] ^= 1 << rng.randrange(8)
+        damaged = Frame(Codec.ZPAQ, frame.raw_len, frame.digest, bytes(b)).pack()
+        got = codec.decode_each([damaged])[0]
+        assert got == code or isinstance(got, ValueError)

@@ -6,12 +6,16 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import main
 from ..store import DamagedRecord, Store, StoreError, StoreLock
 from .fs import _config, config_opt
+
+if TYPE_CHECKING:
+    from ..codec.policy import Policy
 
 
 @contextlib.contextmanager
@@ -73,7 +77,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     and decoded back to the same bytes."""
     from tqdm import tqdm
 
-    from ..compactor import recompress, recompress_plain, wanted
+    from ..compactor import policy_of, recompress, recompress_plain, wanted
     from ..dictionaries import Sampler
     from ..store.schema import ref_tried
 
@@ -99,7 +103,8 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         t0 = time.monotonic()
         sampler = Sampler(s)   # small blocks the model loses on, for a store dictionary
         with _codec(files, workers, encoders, cluster, device or config.compact_cluster_device,
-                    config.compact_cluster_verify if verify is None else verify) as codec:
+                    config.compact_cluster_verify if verify is None else verify,
+                    policy_of(config)) as codec:
             if cluster:    # enough blocks a round to keep every worker of the cluster busy
                 batch = max(batch, 2 * codec.inflight * codec.task_blocks)
             first = codec.encoders[0] if codec.encoders else None
@@ -121,19 +126,20 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                     fit = sampler.train() if sampler.due() else []
                     if fit:
                         totals["dictionary"] = recompress_plain(
-                            s, fit, codec.encoder_tag)["fallback"]
+                            s, fit, codec.encoder_tag, policy=policy_of(config))["fallback"]
                     s.write(lambda t: t.pack_loose(pack))
                     bar.update(len(part))
         # what is left of the finished blocks goes into one last pack
         s.write(lambda t: (t.repack_sparse(most=1 << 30), t.adopt_loose(),
                            t.pack_loose(pack, flush=True, most=1 << 30)))
         dt = time.monotonic() - t0
-    kinds = "zstd/LZMA/PPMd and older llm" if upgrade else "zstd/LZMA/PPMd"
+    kinds = "zstd/LZMA/PPMd/ZPAQ and older llm" if upgrade else "zstd/LZMA/PPMd/ZPAQ"
     if totals.get("unencoded"):
         click.echo(f"{totals['unencoded']} blocks not coded (their cluster tasks failed or were "
                    "refused; see the log): run llmfs compact again", err=True)
     click.echo(f"{store}: tried {len(keys)} {kinds} blocks in {dt:.0f} s; "
-               f"{totals.get('llm', 0)} now llm, {totals.get('fallback', 0)} now zstd -19, LZMA or PPMd, "
+               f"{totals.get('llm', 0)} now llm, "
+               f"{totals.get('fallback', 0)} now zstd -19, LZMA, PPMd or ZPAQ, "
                + (f"{totals.get('upgraded', 0)} llm re-coded smaller, " if upgrade else "")
                + f"{totals.get('kept', 0)} kept as they were; "
                f"saved {_human(totals.get('saved_bytes', 0))}"
@@ -146,11 +152,11 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
 
 
 def _codec(files: list[bytes], workers: int, encoders: int, cluster: str, device: str,
-           verify: float):
+           verify: float, policy: Policy):
     """The codec compaction encodes with: here, or on a Ray cluster."""
     from ..codec.policy import BlockCodec
 
-    local = BlockCodec.from_model_files(files, workers, encoders)
+    local = BlockCodec.from_model_files(files, workers, encoders, policy)
     if not cluster:
         return local
     from ..cluster import ClusterCodec, ClusterError

@@ -112,6 +112,7 @@ def compress(file: str, output: str | None, block_size: int, no_llm: bool,
              models: tuple[str, ...], device: str, workers: int, force: bool) -> None:
     """Compress FILE (- for stdin) into an llmz container."""
     from ..codec.container import compress_stream
+    from ..codec.frame import Codec
     from ..codec.policy import BlockCodec, Policy
 
     out = output or ("-" if file == "-" else file + ".llmz")
@@ -122,8 +123,12 @@ def compress(file: str, output: str | None, block_size: int, no_llm: bool,
             total, written = compress_stream(src, dst, codec, block_size, batch=4 * workers,
                                              progress=bar.update)
     c = codec.counters
+    always = [Codec.LLM, Codec.ZSTD, Codec.RAW]      # then the fallbacks that were used
+    kinds = " ".join(f"{k.name.lower()} {c[f'blocks_{k.name.lower()}']}"
+                     for k in always + [k for k in Codec if k not in always]
+                     if k in always or c[f"blocks_{k.name.lower()}"])
     click.echo(f"{file}: {total} -> {written} bytes ({8 * written / max(total, 1):.3f} bpb); "
-               f"blocks llm {c['blocks_llm']} zstd {c['blocks_zstd']} raw {c['blocks_raw']}"
+               f"blocks {kinds}"
                + (f"; {c['verify_failures']} llm verify failures" if c["verify_failures"] else ""),
                err=True)
 

@@ -40,6 +40,7 @@ class Codec(IntEnum):
     LZMA = 3    # raw LZMA2 (filter chain id byte first; plain.py), a compaction-time fallback
     PPMD = 4    # PPMd var. I (order and memory bytes first; plain.py), a compaction-time fallback
     ZDICT = 5   # zstd with one of the store's dictionaries (its id in the header; plain.py)
+    ZPAQ = 6    # a ZPAQ block, level 5 (plain.py), a compaction-time fallback
 
 
 class FrameError(ValueError):

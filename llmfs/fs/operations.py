@@ -94,7 +94,7 @@ _HELP = {
     "compact_rounds": "Compactor rounds run.",
     "compact_tried": "Cold blocks the compactor tried.",
     "compact_llm": "Blocks the compactor stored as llm frames.",
-    "compact_fallback": "Blocks the compactor stored with zstd -19, LZMA or PPMd.",
+    "compact_fallback": "Blocks the compactor stored with zstd -19, LZMA, PPMd or ZPAQ.",
     "compact_upgraded": "llm blocks re-coded smaller (older format or model).",
     "compact_saved_bytes": "Bytes the compactor saved.",
     "compact_gone": "Blocks deleted or overwritten while the compactor had them.",
