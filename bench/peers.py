@@ -3,7 +3,7 @@
 Every file of ../shared/corpus (its first --limit bytes, 256 KiB by default)
 is cut into 64 KiB blocks and each block is compressed on its own, as llmfs
 stores it: llmfs is the frame the codec policy keeps (smallest verified of
-llm, LZMA, zstd -19 and raw, header included); beside it PPMd var. I order 8
+llm, ZPAQ, PPMd, LZMA, zstd -19 and raw, header included); beside it PPMd var. I order 8
 (the `pyppmd` package, 16 MiB), `xz -9e` (the .xz container, as the command
 line writes it), brotli 11 (window 2^24) and zstd -19, all per block.  A file
 is "text" when at least 90 % of its bytes are printable ASCII or whitespace.
@@ -61,7 +61,7 @@ def main() -> None:
     print(f"{args.block_size >> 10} KiB blocks, each on its own; first {args.limit} bytes of each "
           f"file; model {args.model}; {args.workers} worker process(es); llmfs counts its frame "
           f"headers ({header:.4f} bpb), the peers nothing but their output\n")
-    print("| file | kind | bytes | llmfs | frames llm/ppmd/lzma/zstd/raw | "
+    print("| file | kind | bytes | llmfs | frames llm/zpaq/ppmd/lzma/zstd/raw | "
           + " | ".join(PEERS) + " | llmfs / PPMd | llmfs encode KB/s |")
     print("|---|---|---:|---:|---|" + "---:|" * (len(PEERS) + 2))
     rows = []
@@ -80,7 +80,7 @@ def main() -> None:
         row = {"file": path.name.removesuffix(".xz"), "text": is_text(data), **bpb}
         rows.append(row)
         print(f"| {row['file']} | {'text' if row['text'] else 'binary'} | {len(data)} "
-              f"| **{bpb['llmfs']:.3f}** | {kinds['llm']}/{kinds['ppmd']}/{kinds['lzma']}/"
+              f"| **{bpb['llmfs']:.3f}** | {kinds['llm']}/{kinds['zpaq']}/{kinds['ppmd']}/{kinds['lzma']}/"
               f"{kinds['zstd']}/{kinds['raw']} | " + " | ".join(f"{bpb[n]:.3f}" for n in PEERS)
               + f" | {bpb['llmfs'] / bpb['PPMd o8']:.3f} | {len(data) / dt / 1e3:.1f} |", flush=True)
     codec.close()
