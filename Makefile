@@ -10,9 +10,12 @@ SAMPLES := $(filter-out %/README.md,$(wildcard llmfs/samples/*))
 
 # The pip install -e builds the native core (llmfs/model/_core.c); setuptools' own notices
 # (ext-modules in pyproject.toml is "experimental", the editable-install banner) are silenced.
+# Off x86_64 the zpaq package has no wheel and pip builds it from source: g++ too.
+CXX_PKG := $(if $(filter x86_64,$(shell uname -m)),,g++)
 $(STAMP): pyproject.toml
-	command -v fusermount3 >/dev/null && command -v fio >/dev/null && command -v gcc >/dev/null || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3 fio gcc)
+	command -v fusermount3 >/dev/null && command -v fio >/dev/null && command -v gcc >/dev/null \
+	  $(if $(CXX_PKG),&& command -v g++ >/dev/null) || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3 fio gcc $(CXX_PKG))
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
