@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import zstandard
@@ -73,9 +74,11 @@ class BlockCodec:
         """*model* and the first ``encoders - 1`` of *extra_models* encode (each
         block keeps the smallest verified frame of any of them); all decode.
         *workers* >= 1 runs each model in that many single-thread processes
-        (the GIL stays free for the caller); 0 runs it in this thread."""
+        (the GIL stays free for the caller), and ZPAQ on that many threads; 0
+        runs both in this thread."""
         self.policy = policy
         self.model = model
+        self.workers = workers
         self.llm: dict[bytes, LLMCodec | LLMPool] = {}
         for m in (model, *extra_models):
             if m is not None:
@@ -161,14 +164,20 @@ class BlockCodec:
         LZMA and PPMd there, at ~0.15 MB/s each way, so it is kept only where
         it saves ``zpaq_gain`` of the frame, and never tried on what the
         model already won."""
-        for i, raw in enumerate(blocks):
-            f = frames[i]
-            if f.codec in (Codec.RAW, Codec.LLM) or len(f.payload) < ZPAQ_MIN_FRAME:
-                continue
+        def smaller(i: int) -> Frame | None:
+            f, raw = frames[i], blocks[i]
             x = Frame(Codec.ZPAQ, len(raw), f.digest, zpaq_payload(raw))
-            if len(x.payload) < (1 - self.policy.zpaq_gain) * len(f.payload) \
-                    and plain_bytes(x) == raw:
-                frames[i] = x
+            keep = len(x.payload) < (1 - self.policy.zpaq_gain) * len(f.payload) \
+                and plain_bytes(x) == raw
+            return x if keep else None
+
+        todo = [i for i, f in enumerate(frames)
+                if f.codec not in (Codec.RAW, Codec.LLM) and len(f.payload) >= ZPAQ_MIN_FRAME]
+        # libzpaq releases the GIL: as many blocks at once as the codec has model workers
+        with ThreadPoolExecutor(max(1, min(self.workers, len(todo)))) as pool:
+            for i, x in zip(todo, pool.map(smaller, todo)):
+                if x is not None:
+                    frames[i] = x
 
     def _try_llm(self, blocks: list[bytes], frames: list[Frame], todo: list[int]) -> None:
         """Encode *todo* with every encoding model; keep per block the smallest
