@@ -131,11 +131,14 @@ def test_zpaq_fallback_where_it_beats_lzma_and_damage_is_an_error(codec, monkeyp
     assert len(frame.payload) < (1 - Policy().zpaq_gain) * len(lzma_only.payload)
     assert plain_codec.counters["blocks_zpaq"] == 1
     assert plain_codec.decode_blocks([frame.pack()]) == [code]
-    # on threads (a codec with workers): the same frames, in block order
-    blocks = [code[:40_000], PROSE * 20, code[20_000:], code[:30_000]]
+    # on threads (a codec with workers): the same frames in block order, the same counts
+    blocks = [code[:40_000], PROSE * 20, b"", code[20_000:], os.urandom(5000), code[:30_000]]
+    serial = BlockCodec(None)
     with BlockCodec(None, workers=2) as threaded:
-        assert threaded.encode_blocks(blocks) == BlockCodec(None).encode_blocks(blocks)
+        assert threaded.encode_blocks(blocks) == serial.encode_blocks(blocks)
+        assert threaded.counters == serial.counters
         assert threaded.counters["blocks_zpaq"] == 3
+        assert threaded.counters["probe_incompressible"] == 2
     # kept only when it saves zpaq_gain of the frame
     assert Frame.unpack(BlockCodec(None, Policy(zpaq_gain=0.9)).encode_blocks([code])[0]).codec \
         == Codec.LZMA
