@@ -82,6 +82,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
     from ..store.schema import ref_tried
 
     config = _config(config_path)
+    policy = policy_of(config)
     batch = batch or config.compact_batch
     pack = config.pack_kib << 10
     cluster = config.compact_cluster if cluster is None else cluster
@@ -104,7 +105,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
         sampler = Sampler(s)   # small blocks the model loses on, for a store dictionary
         with _codec(files, workers, encoders, cluster, device or config.compact_cluster_device,
                     config.compact_cluster_verify if verify is None else verify,
-                    policy_of(config)) as codec:
+                    policy) as codec:
             if cluster:    # enough blocks a round to keep every worker of the cluster busy
                 batch = max(batch, 2 * codec.inflight * codec.task_blocks)
             first = codec.encoders[0] if codec.encoders else None
@@ -126,7 +127,7 @@ def compact(store: str, limit: int | None, model_hex: str | None, workers: int,
                     fit = sampler.train() if sampler.due() else []
                     if fit:
                         totals["dictionary"] = recompress_plain(
-                            s, fit, codec.encoder_tag, policy=policy_of(config))["fallback"]
+                            s, fit, codec.encoder_tag, policy=policy)["fallback"]
                     s.write(lambda t: t.pack_loose(pack))
                     bar.update(len(part))
         # what is left of the finished blocks goes into one last pack

@@ -123,10 +123,10 @@ def compress(file: str, output: str | None, block_size: int, no_llm: bool,
             total, written = compress_stream(src, dst, codec, block_size, batch=4 * workers,
                                              progress=bar.update)
     c = codec.counters
-    always = [Codec.LLM, Codec.ZSTD, Codec.RAW]      # then the fallbacks that were used
-    kinds = " ".join(f"{k.name.lower()} {c[f'blocks_{k.name.lower()}']}"
-                     for k in always + [k for k in Codec if k not in always]
-                     if k in always or c[f"blocks_{k.name.lower()}"])
+    counts = {k.name.lower(): c[f"blocks_{k.name.lower()}"] for k in Codec}
+    always = ["llm", "zstd", "raw"]      # then the fallbacks that were used
+    kinds = " ".join(f"{n} {counts[n]}" for n in always + [n for n, v in counts.items()
+                                                            if v and n not in always])
     click.echo(f"{file}: {total} -> {written} bytes ({8 * written / max(total, 1):.3f} bpb); "
                f"blocks {kinds}"
                + (f"; {c['verify_failures']} llm verify failures" if c["verify_failures"] else ""),

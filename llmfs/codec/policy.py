@@ -5,9 +5,9 @@ bytes: raw (nothing shrinks it), zstd, LZMA (binary data, where xz beats
 zstd -19 by 5-15 %), PPMd (structured text the model does not know), ZPAQ
 (where the model did not win and context mixing beats both), or llm.  A
 zstd level-1 probe runs first (as ZFS's early abort does) so incompressible
-data never reaches the model; the model gives up after its first chunk if it is already worse than
-zstd.  An llm frame is kept only after the real batched decoder reproduced
-the block; every failure is counted.
+data never reaches the model; the model gives up after its first chunk if
+it is already worse than zstd.  An llm frame is kept only after the real
+batched decoder reproduced the block; every failure is counted.
 """
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ZPAQ_MIN_FRAME = 1024   # below this a ZPAQ block's own header (~300 bytes) eats the gain
+
+
+def _smaller_verified(x: Frame, than: Frame, raw: bytes, margin: float = 0.0) -> bool:
+    """Whether model-free frame *x* is *margin* (a fraction) smaller than
+    *than* and decodes back to *raw*: the test every fallback passes before
+    it is kept.  A zdict header is 8 bytes longer (its dictionary id)."""
+    return len(x.payload) + 8 * (x.codec == Codec.ZDICT) < (1 - margin) * len(than.payload) \
+        and plain_bytes(x) == raw
 
 
 @dataclass(frozen=True)
@@ -145,9 +153,8 @@ class BlockCodec:
                     llm_todo.append(i)
             else:
                 self.counters["probe_incompressible"] += 1
-            for x in tries:   # (a zdict header is 8 bytes longer: its dictionary id)
-                if x is not None and len(x.payload) + 8 * (x.codec == Codec.ZDICT) \
-                        < len(best.payload) and plain_bytes(x) == raw:
+            for x in tries:
+                if x is not None and _smaller_verified(x, best, raw):
                     best = x
             frames.append(best)
         if llm_todo:
@@ -167,12 +174,12 @@ class BlockCodec:
         def smaller(i: int) -> Frame | None:
             f, raw = frames[i], blocks[i]
             x = Frame(Codec.ZPAQ, len(raw), f.digest, zpaq_payload(raw))
-            keep = len(x.payload) < (1 - self.policy.zpaq_gain) * len(f.payload) \
-                and plain_bytes(x) == raw
-            return x if keep else None
+            return x if _smaller_verified(x, f, raw, self.policy.zpaq_gain) else None
 
         todo = [i for i, f in enumerate(frames)
                 if f.codec not in (Codec.RAW, Codec.LLM) and len(f.payload) >= ZPAQ_MIN_FRAME]
+        if not todo:
+            return
         # libzpaq releases the GIL: as many blocks at once as the codec has model workers
         with ThreadPoolExecutor(max(1, min(self.workers, len(todo)))) as pool:
             for i, x in zip(todo, pool.map(smaller, todo)):
