@@ -165,12 +165,16 @@ def test_zpaq_fallback_where_it_beats_lzma_and_damage_is_an_error(codec, monkeyp
     won = codec.encode_blocks([prose, bytes(3000)])
     assert codecs_of(won)[0] == Codec.LLM and len(won[0]) > 1024 and calls == []
     monkeypatch.undo()
-    # damaged: a wrong tag, a header asking for 2**30-word arrays, a cut or flipped
-    # stream -- errors, never wrong bytes (nor a decoder allocating gigabytes)
+    # damaged: a wrong tag, a header asking for 2**30-word arrays or a 64 GiB
+    # component (the first one's size field), a component type no decoder knows,
+    # a header cut short, a cut or flipped stream -- errors, never wrong bytes
+    # (nor a decoder allocating gigabytes)
     p = frame.payload
+    assert plain.zpaq_memory(p) < 200 << 20
     decoded = []
     monkeypatch.setattr(plain.zpaq, "decompress", lambda b: decoded.append(b) or code)
-    for bad in (b"X" + p[1:], p[:20] + bytes([30]) + p[21:]):
+    for bad in (b"X" + p[1:], p[:20] + bytes([30]) + p[21:], p[:26] + bytes([30]) + p[27:],
+                p[:25] + bytes([0]) + p[26:], p[:30]):
         damaged = Frame(Codec.ZPAQ, frame.raw_len, frame.digest, bad).pack()
         assert isinstance(codec.decode_each([damaged])[0], ValueError)
     assert decoded == []

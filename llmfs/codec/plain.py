@@ -14,8 +14,9 @@ and log2 of its memory, one byte each, then the stream; the decoder is told
 the block's length, so no end mark is coded.  A ZPAQ payload is one ZPAQ
 block as libzpaq writes it (the `zpaq` package, level 5: a context-mixing
 model chosen for the block, described in the block's own header, so any
-ZPAQ decoder reads it); its header's memory sizes are checked before
-decoding, so a damaged one cannot make the decoder allocate gigabytes.  The
+ZPAQ decoder reads it); the memory its header asks for (the virtual
+machine's arrays and every component of the model) is counted before
+decoding, so a damaged header cannot make the decoder allocate gigabytes.  The
 block's type (text, x86 code) is told to libzpaq here (``zpaq_method``): the
 package's own guess never takes a block from the middle of a program for
 code, and the x86 call transform it then skips saves 3-11 % of such blocks.
@@ -140,6 +141,42 @@ def unppmd(f: Frame) -> bytes | None:
 ZPAQ_LEVEL = 5
 _ZPAQ_TAG = b"7kSt\xa01\x83\xd3\x8c\xb2(\xb0\xd3zPQ"   # locator tag, then "zPQ"
 _ZPAQ_MAX_BITS = 24      # log2 of the ZPAQL machine's arrays (level 5 writes 9, 16, 0, 0)
+_ZPAQ_MAX_MEMORY = 1 << 29   # a model's memory (level 5: 84 MiB for a 64 KiB block, 102 for 1 MiB)
+# the context model's components: type id -> bytes in the header, and the memory
+# libzpaq gives one (ZPAQL::memory) from its size field s (2**s) and the next bytes
+_ZPAQ_COMPONENTS = {
+    1: (2, lambda s, b: 0),                        # CONS
+    2: (3, lambda s, b: 4 * s),                    # CM
+    3: (2, lambda s, b: 64 * s + 1024),            # ICM
+    4: (3, lambda s, b: 4 * s + (1 << b[0])),      # MATCH (+ its buffer)
+    5: (4, lambda s, b: 0),                        # AVG
+    6: (6, lambda s, b: 2 * s),                    # MIX2
+    7: (6, lambda s, b: 4 * s * b[1]),             # MIX (x its inputs)
+    8: (3, lambda s, b: 64 * s + 2048),            # ISSE
+    9: (5, lambda s, b: 128 * s),                  # SSE
+}
+
+
+def zpaq_memory(p: bytes) -> int | None:
+    """The memory a ZPAQ payload's header asks the decoder for (as libzpaq
+    counts it), or None when the header does not parse: the tag, "zPQ",
+    level 1 or 2, block type 1, header size u16, the ZPAQL machine's array
+    sizes hh hm ph pm (log2), the component count, then the components."""
+    if len(p) < 25 or not p.startswith(_ZPAQ_TAG) or p[16] not in (1, 2) or p[17] != 1 \
+            or max(p[20:24]) > _ZPAQ_MAX_BITS:
+        return None
+    hh, hm, ph, pm, n = p[20:25]
+    memory = (4 << hh) + (1 << hm) + (4 << ph) + (1 << pm)
+    at, end = 25, 20 + int.from_bytes(p[18:20], "little")
+    for _ in range(n):
+        if at >= min(end, len(p)) or p[at] not in _ZPAQ_COMPONENTS:
+            return None
+        size, cost = _ZPAQ_COMPONENTS[p[at]]
+        if at + size > min(end, len(p)) or p[at + 1] > 32:
+            return None
+        memory += cost(1 << p[at + 1], p[at + 2:at + size])
+        at += size
+    return memory
 
 
 _CALL_RATE = 1 / 256      # x86 calls/jumps (E8/E9 + rel32) per byte that make a block code
@@ -186,9 +223,8 @@ def zpaq_payload(raw: bytes) -> bytes:
 def unzpaq(f: Frame) -> bytes | None:
     """Payload of a ZPAQ frame, or None when it is damaged."""
     p = f.payload
-    # tag, "zPQ", level 1 or 2, type 1, header size u16, then hh hm ph pm (log2 sizes)
-    if len(p) < 24 or not p.startswith(_ZPAQ_TAG) or p[16] not in (1, 2) or p[17] != 1 \
-            or max(p[20:24]) > _ZPAQ_MAX_BITS:
+    memory = zpaq_memory(p)
+    if memory is None or memory > _ZPAQ_MAX_MEMORY:
         return None
     try:
         data = zpaq.decompress(p)
